@@ -1,0 +1,163 @@
+"""LightningCLI subclass behind ``plmkit fit`` and ``plmkit validate``.
+
+It adds ``--recipe`` (resolved by :mod:`plmkit.cli`), a checkpoint callback exposed as
+``--checkpoint.*``, TensorBoard + CSV loggers writing into one stable run folder
+(``runs/<recipe>`` unless ``--trainer.default_root_dir`` says otherwise, so
+``--ckpt_path last`` finds the run), and turns argument errors into one-line PlmkitErrors.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from jsonargparse import ArgumentError
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from plmkit.data.datamodule import PretrainDataModule
+from plmkit.data.tokenizer import tokenizer_from_state
+from plmkit.errors import PlmkitError
+from plmkit.export import read_checkpoint
+from plmkit.objective import Objective
+from plmkit.registry import get_registry
+
+
+class SaveTokenizer(Callback):
+    """Writes the run's tokenizer to ``<run dir>/tokenizer`` when training starts."""
+
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        if trainer.is_global_zero and trainer.log_dir and pl_module.tokenizer is not None:
+            pl_module.tokenizer.save_pretrained(str(Path(trainer.log_dir) / "tokenizer"))
+
+
+class PlmkitCLI(LightningCLI):
+    """``plmkit fit|validate``: LightningCLI with recipes, a stable run folder and resume."""
+
+    recipe: str | None = None
+
+    @classmethod
+    def run(cls, argv: list[str], recipe: str | None) -> PlmkitCLI:
+        get_registry()  # load plugins first so recipe class paths resolve
+        cls.recipe = recipe
+        try:
+            return cls(
+                Objective,
+                PretrainDataModule,
+                subclass_mode_model=True,
+                args=argv,
+                save_config_kwargs={"overwrite": True},
+                parser_kwargs={
+                    name: {"exit_on_error": False, "description": desc}
+                    for name, desc in (("fit", "Pretrain a language model."),
+                                       ("validate", "Validate a checkpoint."))
+                } | {"exit_on_error": False},
+                trainer_defaults={"max_steps": 1000, "log_every_n_steps": 10},
+            )
+        except ArgumentError as exc:
+            raise PlmkitError(_one_line(str(exc))) from exc
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {
+            "fit": {"model", "train_dataloaders", "val_dataloaders", "datamodule"},
+            "validate": {"model", "dataloaders", "datamodule"},
+        }
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument(
+            "--recipe", type=str | None, default=None,
+            help="recipe name ('plmkit recipes') or .yaml path, applied before other flags",
+        )
+        parser.add_argument(
+            "--overwrite", type=bool, default=False,
+            help="start a new run in a run folder that already holds checkpoints",
+        )
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({
+            "checkpoint.every_n_train_steps": 500,
+            "checkpoint.save_last": True,
+            "checkpoint.save_top_k": 1,
+        })
+
+    def _parse_ckpt_path(self) -> None:
+        # Lightning would apply the checkpoint's hyperparameters over the recipe; plmkit
+        # instead checks in before_fit that the checkpoint matches the configured objective.
+        return
+
+    def _run_dir(self, config: dict[str, Any]) -> Path:
+        root = config.get("default_root_dir")
+        if root:
+            return Path(root)
+        name = self.recipe or getattr(self.model, "objective_name", None) or "run"
+        return Path("runs") / name
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Any:
+        run_dir = self._run_dir(config)
+        config["default_root_dir"] = str(run_dir)
+        if config.get("logger") in (None, True):
+            config["logger"] = [
+                TensorBoardLogger(str(run_dir), name="", version=""),
+                CSVLogger(str(run_dir), name="", version=""),
+            ]
+        callbacks = [*callbacks, SaveTokenizer()]
+        return super()._instantiate_trainer(config, callbacks)
+
+    def _checkpoint_dir(self) -> Path:
+        callback = self.trainer.checkpoint_callback
+        if callback is not None and callback.dirpath:
+            return Path(callback.dirpath)
+        return Path(self.trainer.default_root_dir) / "checkpoints"
+
+    def _resolve_ckpt(self) -> str | None:
+        sub = self.config_init[self.subcommand]
+        ckpt_path = sub.get("ckpt_path")
+        if ckpt_path in (None, ""):
+            return None
+        if ckpt_path == "last":
+            path = self._checkpoint_dir() / "last.ckpt"
+            if not path.is_file():
+                raise PlmkitError(
+                    f"no checkpoint to resume: {path} does not exist; start the run without "
+                    "--ckpt_path or point --trainer.default_root_dir at the run folder"
+                )
+        else:
+            path = Path(ckpt_path)
+        ckpt = read_checkpoint(path)
+        meta = ckpt["plmkit"]
+        if meta.get("objective") != self.model.objective_name:
+            raise PlmkitError(
+                f"checkpoint {path} was trained with objective '{meta.get('objective')}', not "
+                f"'{self.model.objective_name}'; resume it with its own recipe"
+            )
+        self.datamodule.use_tokenizer(tokenizer_from_state(meta))
+        sub["ckpt_path"] = str(path)
+        return str(path)
+
+    def before_fit(self) -> None:
+        ckpt = self._resolve_ckpt()
+        overwrite = self.config_init[self.subcommand].get("overwrite")
+        existing = sorted(self._checkpoint_dir().glob("*.ckpt"))
+        if ckpt is None and existing and not overwrite:
+            raise PlmkitError(
+                f"{self.trainer.default_root_dir} already holds a run ({existing[0].name}); "
+                "resume it with --ckpt_path last, start over with --overwrite true, or choose "
+                "another --trainer.default_root_dir"
+            )
+
+    def before_validate(self) -> None:
+        self._resolve_ckpt()
+
+    def after_fit(self) -> None:
+        if self.trainer.is_global_zero:
+            last = self._checkpoint_dir() / "last.ckpt"
+            print(f"checkpoints: {self._checkpoint_dir()}", file=sys.stderr)
+            print(f"export with: plmkit export {last} <out_dir>", file=sys.stderr)
+
+
+def _one_line(message: str) -> str:
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    text = " ".join(lines[:3]) if lines else "invalid arguments"
+    return f"{text}; run 'plmkit fit --help'"

@@ -1,0 +1,1 @@
+"""The built-in pretraining methods, one sub-package each, registered via entry points."""

@@ -1,0 +1,1 @@
+"""Packaged recipes: LightningCLI config files, one per ``<objective>_<size>``."""
