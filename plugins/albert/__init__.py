@@ -1,0 +1,1 @@
+"""albert plugin (work in progress: registers nothing yet)."""

@@ -1,0 +1,1 @@
+"""electra plugin (work in progress: registers nothing yet)."""

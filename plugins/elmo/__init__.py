@@ -1,0 +1,1 @@
+"""elmo plugin (work in progress: registers nothing yet)."""

@@ -1,0 +1,1 @@
+"""ernie plugin (work in progress: registers nothing yet)."""

@@ -1,0 +1,1 @@
+"""gpt plugin (work in progress: registers nothing yet)."""

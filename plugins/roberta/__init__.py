@@ -1,0 +1,1 @@
+"""roberta plugin (work in progress: registers nothing yet)."""

@@ -1,0 +1,1 @@
+"""spanbert plugin (work in progress: registers nothing yet)."""

@@ -1,0 +1,1 @@
+"""structbert plugin (work in progress: registers nothing yet)."""

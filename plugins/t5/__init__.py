@@ -1,0 +1,1 @@
+"""t5 plugin (work in progress: registers nothing yet)."""

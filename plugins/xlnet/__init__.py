@@ -1,0 +1,1 @@
+"""xlnet plugin (work in progress: registers nothing yet)."""

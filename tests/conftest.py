@@ -1,0 +1,119 @@
+"""Shared test fixtures: an isolated cache, a tiny tokenizer, packed examples, CLI runs."""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every test run gets its own plmkit cache (tokenizers, tokenized corpora)."""
+    cache = tmp_path_factory.mktemp("plmkit-cache")
+    os.environ["PLMKIT_CACHE"] = str(cache)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return cache
+
+
+@pytest.fixture(scope="session")
+def documents() -> list[str]:
+    """The first 1500 documents of the bundled corpus (blank-line separated blocks)."""
+    import gzip
+
+    from plmkit.data.wordnet import corpus_path
+
+    with gzip.open(corpus_path(), "rt", encoding="utf-8") as f:
+        blocks = f.read().split("\n\n")
+    return [b for b in blocks[:1500] if b.strip()]
+
+
+@pytest.fixture(scope="session")
+def tokenizer(documents: list[str]):
+    """A small WordPiece tokenizer (vocab 2000) trained on ``documents``."""
+    from plmkit.data.tokenizer import train_tokenizer
+
+    return train_tokenizer(documents, "wordpiece", 2000, show_progress=False)
+
+
+@pytest.fixture(scope="session")
+def make_examples(documents: list[str], tokenizer) -> Callable[..., list[dict]]:
+    """``make_examples(block_length, mode="document", n=256)``: packed collator examples."""
+    import datasets
+    import numpy as np
+
+    from plmkit.data.packing import BlockDataset, pack
+    from plmkit.data.preprocess import tokenize_corpus
+
+    corpus = tokenize_corpus(
+        datasets.Dataset.from_dict({"text": documents}), tokenizer.backend_tokenizer, num_proc=1
+    )
+
+    def make(block_length: int, mode: str = "document", n: int = 256) -> list[dict]:
+        blocks = pack(corpus, np.arange(corpus.num_documents), block_length, mode,
+                      separator_id=tokenizer.sep_token_id)
+        dataset = BlockDataset(blocks)
+        return [dataset[i] for i in range(min(n, len(dataset)))]
+
+    return make
+
+
+@pytest.fixture
+def run_plmkit(capsys: pytest.CaptureFixture) -> Callable[..., tuple[int, str, str]]:
+    """Run the ``plmkit`` command in-process: ``code, out, err = run_plmkit("recipes")``."""
+    from plmkit.cli import main
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = main([str(a) for a in args])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, str]]:
+    """Rows of the CSV log ``run_dir/metrics.csv``."""
+    with open(Path(run_dir) / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def metric_series(run_dir: Path, name: str) -> list[float]:
+    """The logged values of one metric, in step order."""
+    return [float(r[name]) for r in read_metrics(run_dir) if r.get(name) not in (None, "")]
+
+
+@pytest.fixture
+def tiny_fit(run_plmkit, tmp_path: Path) -> Callable[..., Path]:
+    """``run_dir = tiny_fit("bert_tiny", steps=60, *extra_flags)``: a short CPU training run.
+
+    Uses the first 2000 documents of the bundled corpus, logs every step and returns the run
+    folder (``metrics.csv``, ``checkpoints/``, ``config.yaml``).
+    """
+
+    def fit(recipe: str, *extra: str, steps: int = 60, run_dir: Path | None = None) -> Path:
+        run_dir = run_dir or tmp_path / recipe
+        code, out, err = run_plmkit(
+            "fit", "--recipe", recipe,
+            "--trainer.default_root_dir", run_dir,
+            "--trainer.max_steps", steps,
+            "--trainer.log_every_n_steps", 1,
+            "--trainer.enable_progress_bar", "false",
+            "--trainer.enable_model_summary", "false",
+            "--data.max_documents", 2000,
+            "--data.num_workers", 0,
+            *extra,
+        )
+        assert code == 0, err[-3000:]
+        return run_dir
+
+    return fit
+
+
+def falling(values: list[float], window: int = 10) -> bool:
+    """True when the mean of the last ``window`` values is clearly below the first ones."""
+    head = sum(values[:window]) / window
+    tail = sum(values[-window:]) / window
+    return tail < head * 0.9
