@@ -148,7 +148,12 @@ def resolve_recipe(name_or_path: str) -> tuple[str, Path]:
 
 
 def _rewrite_recipe(argv: list[str]) -> tuple[list[str], str | None]:
-    """``fit ... --recipe X ...`` -> ``fit --config <X.yaml> ... --recipe X ...``."""
+    """``fit ... --recipe X ...`` -> ``fit --config <X.yaml> ... --recipe X ...``.
+
+    Idempotent: DDP re-executes the (already rewritten) command line in each process.
+    """
+    if len(argv) > 2 and argv[1] == "--config" and "--recipe" in argv:
+        return argv, argv[argv.index("--recipe") + 1]
     for i, arg in enumerate(argv):
         value = None
         if arg == "--recipe" and i + 1 < len(argv):
@@ -165,12 +170,30 @@ def run_lightning(argv: list[str]) -> int:
     from plmkit.lightning_cli import PlmkitCLI
 
     argv, recipe = _rewrite_recipe(argv)
-    PlmkitCLI.run(argv, recipe)
+    # LightningCLI reads sys.argv, and Lightning's DDP launcher re-runs it in every process.
+    saved = sys.argv
+    sys.argv = [saved[0] if saved else "plmkit", *argv]
+    try:
+        PlmkitCLI.run(recipe)
+    finally:
+        sys.argv = saved
     return 0
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of the message."""
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def _configure_logging() -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("plmkit: %(levelname)s: %(message)s"))
     log.addHandler(handler)
     log.setLevel(os.environ.get("PLMKIT_LOG_LEVEL", "INFO").upper())

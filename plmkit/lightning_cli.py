@@ -1,20 +1,27 @@
 """LightningCLI subclass behind ``plmkit fit`` and ``plmkit validate``.
 
 It adds ``--recipe`` (resolved by :mod:`plmkit.cli`), a checkpoint callback exposed as
-``--checkpoint.*``, TensorBoard + CSV loggers writing into one stable run folder
-(``runs/<recipe>`` unless ``--trainer.default_root_dir`` says otherwise, so
-``--ckpt_path last`` finds the run), and turns argument errors into one-line PlmkitErrors.
+``--checkpoint.*``, and one stable run folder (``runs/<recipe>`` unless
+``--trainer.default_root_dir`` says otherwise, so ``--ckpt_path last`` finds the run)::
+
+    <run dir>/config.yaml        the resolved config
+    <run dir>/tokenizer/         the run's tokenizer
+    <run dir>/checkpoints/       every-N-steps checkpoints and last.ckpt
+    <run dir>/logs/version_K/    TensorBoard events and metrics.csv, one folder per attempt
+
+It also turns argument errors into one-line PlmkitErrors.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
 from jsonargparse import ArgumentError
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from plmkit.data.datamodule import PretrainDataModule
@@ -29,8 +36,20 @@ class SaveTokenizer(Callback):
     """Writes the run's tokenizer to ``<run dir>/tokenizer`` when training starts."""
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
-        if trainer.is_global_zero and trainer.log_dir and pl_module.tokenizer is not None:
-            pl_module.tokenizer.save_pretrained(str(Path(trainer.log_dir) / "tokenizer"))
+        if trainer.is_global_zero and pl_module.tokenizer is not None:
+            path = Path(trainer.default_root_dir) / "tokenizer"
+            pl_module.tokenizer.save_pretrained(str(path))
+
+
+class SaveRunConfig(SaveConfigCallback):
+    """Writes the resolved config to ``<run dir>/config.yaml``, beside ``checkpoints/``."""
+
+    def save_config(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if trainer.is_global_zero:
+            path = Path(trainer.default_root_dir) / self.config_filename
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.parser.save(self.config, str(path), skip_none=False, overwrite=True,
+                             multifile=False)
 
 
 class PlmkitCLI(LightningCLI):
@@ -39,7 +58,8 @@ class PlmkitCLI(LightningCLI):
     recipe: str | None = None
 
     @classmethod
-    def run(cls, argv: list[str], recipe: str | None) -> PlmkitCLI:
+    def run(cls, recipe: str | None) -> PlmkitCLI:
+        """Parse ``sys.argv`` and run the subcommand."""
         get_registry()  # load plugins first so recipe class paths resolve
         cls.recipe = recipe
         try:
@@ -47,13 +67,14 @@ class PlmkitCLI(LightningCLI):
                 Objective,
                 PretrainDataModule,
                 subclass_mode_model=True,
-                args=argv,
-                save_config_kwargs={"overwrite": True},
+                save_config_callback=SaveRunConfig,
+                save_config_kwargs={"save_to_log_dir": False},
                 parser_kwargs={
                     name: {"exit_on_error": False, "description": desc}
                     for name, desc in (("fit", "Pretrain a language model."),
                                        ("validate", "Validate a checkpoint."))
                 } | {"exit_on_error": False},
+                seed_everything_default=0,
                 trainer_defaults={"max_steps": 1000, "log_every_n_steps": 10},
             )
         except ArgumentError as exc:
@@ -98,10 +119,16 @@ class PlmkitCLI(LightningCLI):
         run_dir = self._run_dir(config)
         config["default_root_dir"] = str(run_dir)
         if config.get("logger") in (None, True):
+            # one version folder per attempt (a resume adds one), shared by both loggers
+            versions = list((run_dir / "logs").glob("version_*"))
+            version = f"version_{len(versions)}"
             config["logger"] = [
-                TensorBoardLogger(str(run_dir), name="", version=""),
-                CSVLogger(str(run_dir), name="", version=""),
+                TensorBoardLogger(str(run_dir), name="logs", version=version),
+                CSVLogger(str(run_dir), name="logs", version=version),
             ]
+        for callback in callbacks:
+            if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
+                callback.dirpath = str(run_dir / "checkpoints")
         callbacks = [*callbacks, SaveTokenizer()]
         return super()._instantiate_trainer(config, callbacks)
 
@@ -158,6 +185,15 @@ class PlmkitCLI(LightningCLI):
 
 
 def _one_line(message: str) -> str:
+    """jsonargparse's nested, multi-line error -> ``invalid value for a.b: <innermost reason>``."""
     lines = [line.strip() for line in message.splitlines() if line.strip()]
-    text = " ".join(lines[:3]) if lines else "invalid arguments"
+    keys = [m.group(1) for line in lines if (m := re.match(r'Parser key "([^"]+)"', line))]
+    last_key = max((i for i, ln in enumerate(lines) if ln.startswith("Parser key")), default=-1)
+    detail = lines[last_key + 1] if 0 <= last_key < len(lines) - 1 else ""
+    if keys:
+        key = ".".join(dict.fromkeys(k for k in keys))
+        inline = lines[last_key].split(":", 1)[1].strip() if ":" in lines[last_key] else ""
+        text = f"invalid value for {key}: {inline or detail}"
+    else:
+        text = lines[0] if lines else "invalid arguments"
     return f"{text}; run 'plmkit fit --help'"

@@ -7,6 +7,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import lightning.pytorch  # noqa: F401  (bind Lightning's log handlers to the real stderr)
 import pytest
 
 
@@ -75,9 +76,14 @@ def run_plmkit(capsys: pytest.CaptureFixture) -> Callable[..., tuple[int, str, s
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, str]]:
-    """Rows of the CSV log ``run_dir/metrics.csv``."""
-    with open(Path(run_dir) / "metrics.csv", newline="") as f:
-        return list(csv.DictReader(f))
+    """Rows of the CSV logs ``run_dir/logs/version_*/metrics.csv``, all attempts in order."""
+    rows: list[dict[str, str]] = []
+    versions = sorted((Path(run_dir) / "logs").glob("version_*"),
+                      key=lambda p: int(p.name.split("_")[1]))
+    for version in versions:
+        with open(version / "metrics.csv", newline="") as f:
+            rows.extend(csv.DictReader(f))
+    return rows
 
 
 def metric_series(run_dir: Path, name: str) -> list[float]:
@@ -90,7 +96,7 @@ def tiny_fit(run_plmkit, tmp_path: Path) -> Callable[..., Path]:
     """``run_dir = tiny_fit("bert_tiny", steps=60, *extra_flags)``: a short CPU training run.
 
     Uses the first 2000 documents of the bundled corpus, logs every step and returns the run
-    folder (``metrics.csv``, ``checkpoints/``, ``config.yaml``).
+    folder (``logs/version_0/metrics.csv``, ``checkpoints/``, ``config.yaml``).
     """
 
     def fit(recipe: str, *extra: str, steps: int = 60, run_dir: Path | None = None) -> Path:

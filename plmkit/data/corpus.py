@@ -85,6 +85,11 @@ def resolve_corpus(spec: str | list[str]) -> tuple[str, list[Path]]:
                     "check --data.corpus"
                 )
             files.extend(matches)
+    if all(p.stat().st_size == 0 for p in files):
+        raise PlmkitError(
+            f"corpus {', '.join(str(p) for p in files[:3])} is empty; "
+            "point --data.corpus at files with text"
+        )
     kinds = {_kind(p) for p in files}
     if None in kinds:
         bad = next(p for p in files if _kind(p) is None)

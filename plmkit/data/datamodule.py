@@ -85,6 +85,7 @@ class PretrainDataModule(L.LightningDataModule):
             raise PlmkitError(f"data.batch_size must be at least 1, got {batch_size}")
         if not 0.0 <= val_fraction < 1.0:
             raise PlmkitError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
+        corpus_io.resolve_corpus(corpus)  # fail now, before a run folder is written
         self.corpus, self.tokenizer_path = corpus, tokenizer
         self.tokenizer_type, self.vocab_size, self.lowercase = tokenizer_type, vocab_size, lowercase
         self.max_length, self.batch_size = max_length, batch_size
