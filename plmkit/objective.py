@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerFast, get_scheduler
 
+from plmkit.data.tokenizer import tokenizer_to_state
 from plmkit.errors import PlmkitError
 
 Packing = Literal["document", "stream"]
@@ -178,9 +179,18 @@ class Objective(L.LightningModule, ABC):
         checkpoint["plmkit"] = {
             "objective": self.objective_name,
             "max_length": self.max_length,
-            "tokenizer": self.tokenizer.backend_tokenizer.to_str(),
-            "special_tokens": self.tokenizer.special_tokens_map,
+            **tokenizer_to_state(self.tokenizer),
+            # Lightning keeps no RNG state; dropout after a resume must match an unbroken run.
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        meta = checkpoint.get("plmkit", {})
+        if "rng_cpu" in meta:
+            torch.set_rng_state(meta["rng_cpu"])
+        if meta.get("rng_cuda") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(meta["rng_cuda"])
 
     # --------------------------------------------------------------------------- the loop
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:

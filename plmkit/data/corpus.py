@@ -118,6 +118,14 @@ def fingerprint(kind: str, files: list[Path], **settings: object) -> str:
     return digest.hexdigest()[:16]
 
 
+def _strip(batch: dict[str, list]) -> dict[str, list]:
+    return {"text": [(t or "").strip() for t in batch["text"]]}
+
+
+def _non_empty(batch: dict[str, list]) -> list[bool]:
+    return [bool(t) for t in batch["text"]]
+
+
 def load_documents(
     spec: str | list[str],
     text_field: str = "text",
@@ -166,7 +174,11 @@ def load_documents(
     if text_field != "text":
         ds = ds.rename_column(text_field, "text")
     ds = ds.select_columns(["text"])
-    ds = ds.filter(lambda batch: [bool(t and t.strip()) for t in batch["text"]], batched=True)
+    datasets.disable_progress_bars()
+    try:
+        ds = ds.map(_strip, batched=True).filter(_non_empty, batched=True)
+    finally:
+        datasets.enable_progress_bars()
     if len(ds) == 0:
         raise PlmkitError(
             f"corpus {', '.join(data_files[:3])} is empty (no non-blank text); "

@@ -102,6 +102,8 @@ class ResumableLoader:
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             prefetch_factor=4 if self.num_workers else None,
+            # its own generator: creating an iterator must not draw from the global RNG
+            generator=torch.Generator().manual_seed(self.seed),
         )
         for position, batch in zip(positions, loader):
             if self.shuffle:

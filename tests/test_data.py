@@ -1,0 +1,183 @@
+"""Data pipeline: corpus readers, tokenizer, tokenize-once cache, packing, loader state."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+import torch
+
+from plmkit.data.corpus import load_documents
+from plmkit.data.datamodule import PretrainDataModule
+from plmkit.data.loader import POSITION_KEY, ResumableLoader
+from plmkit.data.packing import BlockDataset, pack
+from plmkit.data.preprocess import tokenize_corpus
+from plmkit.data.tokenizer import load_tokenizer, train_tokenizer
+from plmkit.errors import PlmkitError
+
+DOCS = ["The cat sat.\nIt purred.", "Dogs bark loudly.\nThey run.\nThey sleep.", "One line."]
+
+
+def test_txt_paragraphs_lines_gzip_folder_glob(tmp_path: Path):
+    text = "\n\n".join(DOCS) + "\n"
+    (tmp_path / "a.txt").write_text(text)
+    with gzip.open(tmp_path / "b.txt.gz", "wt") as f:
+        f.write(text)
+    assert load_documents(str(tmp_path / "a.txt"))["text"][:] == DOCS
+    assert len(load_documents(str(tmp_path / "a.txt"), line_per_document=True)) == 6
+    assert load_documents(str(tmp_path / "b.txt.gz"))["text"][:] == DOCS
+    assert len(load_documents(str(tmp_path))) == 6  # a folder: both files
+    assert len(load_documents(str(tmp_path / "*.txt*"))) == 6  # a glob
+    assert len(load_documents([str(tmp_path / "a.txt"), str(tmp_path / "b.txt.gz")])) == 6
+
+
+def test_jsonl_parquet_and_saved_dataset(tmp_path: Path):
+    rows = [{"body": d, "id": i} for i, d in enumerate(DOCS)]
+    (tmp_path / "c.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    assert load_documents(str(tmp_path / "c.jsonl"), text_field="body")["text"][:] == DOCS
+    with pytest.raises(PlmkitError, match="text_field"):
+        load_documents(str(tmp_path / "c.jsonl"))
+    ds = datasets.Dataset.from_list(rows)
+    ds.to_parquet(str(tmp_path / "d.parquet"))
+    assert load_documents(str(tmp_path / "d.parquet"), text_field="body")["text"][:] == DOCS
+    ds.rename_column("body", "text").save_to_disk(str(tmp_path / "saved"))
+    assert load_documents(str(tmp_path / "saved"))["text"][:] == DOCS
+
+
+def test_undecodable_bytes_are_replaced_and_counted(tmp_path: Path, caplog):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("caf\u00e9 ok\n\nna\u00efve text\n".encode("latin-1"))
+    with caplog.at_level(logging.WARNING, logger="plmkit"):
+        docs = load_documents(str(path))
+    assert len(docs) == 2 and "\ufffd" in docs[0]["text"]
+    assert any("2 undecodable" in r.getMessage() for r in caplog.records)
+
+
+def test_bad_corpus_paths(tmp_path: Path):
+    with pytest.raises(PlmkitError, match="does not exist"):
+        load_documents(str(tmp_path / "missing.txt"))
+    (tmp_path / "x.csv").write_text("a,b\n")
+    with pytest.raises(PlmkitError, match="cannot read corpus file"):
+        load_documents(str(tmp_path / "x.csv"))
+
+
+def test_tokenizer_types_and_loading(tmp_path: Path, documents):
+    for kind in ("wordpiece", "bpe", "unigram"):
+        tok = train_tokenizer(documents[:300], kind, 500, show_progress=False)
+        assert len(tok) <= 500 + 5
+        assert tok.mask_token == "[MASK]" and tok.pad_token_id is not None
+        enc = tok("a dog barks", add_special_tokens=False)
+        assert enc.input_ids and None not in enc.word_ids()
+        tok.save_pretrained(str(tmp_path / kind))
+        again = load_tokenizer(tmp_path / kind)
+        assert again("a dog barks").input_ids == tok("a dog barks").input_ids
+        assert load_tokenizer(tmp_path / kind / "tokenizer.json").mask_token == "[MASK]"
+    with pytest.raises(PlmkitError, match="does not exist"):
+        load_tokenizer(tmp_path / "nope")
+
+
+class _StubObjective:
+    packing = "document"
+
+    def special_tokens(self):
+        return []
+
+
+def test_tokenized_corpus_is_cached(tmp_path: Path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(DOCS * 50))
+    dm = PretrainDataModule(corpus=str(corpus), vocab_size=300, cache_dir=str(tmp_path / "c"))
+    first = dm.prepare(_StubObjective())
+    assert dm.cache_hit is False
+    dm2 = PretrainDataModule(corpus=str(corpus), vocab_size=300, cache_dir=str(tmp_path / "c"))
+    second = dm2.prepare(_StubObjective())
+    assert dm2.cache_hit is True
+    assert np.array_equal(first.ids, second.ids)
+    assert first.num_documents == 150
+    # a change to the corpus invalidates the cache
+    corpus.write_text("\n\n".join(DOCS * 51))
+    dm3 = PretrainDataModule(corpus=str(corpus), vocab_size=300, cache_dir=str(tmp_path / "c"))
+    assert dm3.prepare(_StubObjective()).num_documents == 153 and dm3.cache_hit is False
+
+
+@pytest.fixture(scope="module")
+def tokenized(documents, tokenizer):
+    ds = datasets.Dataset.from_dict({"text": documents[:200]})
+    return tokenize_corpus(ds, tokenizer.backend_tokenizer, num_proc=1)
+
+
+def test_tokenized_offsets_are_consistent(tokenized, documents):
+    assert tokenized.num_documents == 200
+    assert tokenized.sent_offsets[-1] == len(tokenized.ids)
+    sentences_per_doc = np.diff(tokenized.doc_offsets)
+    expected = [len([ln for ln in d.split("\n") if ln.strip()]) for d in documents[:200]]
+    assert sentences_per_doc.tolist() == expected
+    assert tokenized.word_start[tokenized.sent_offsets[:-1]].all()  # sentences start words
+
+
+def test_document_packing_never_crosses_documents(tokenized):
+    blocks = pack(tokenized, np.arange(200), 50, "document")
+    ds = BlockDataset(blocks)
+    assert all(len(ds[i]["input_ids"]) <= 50 for i in range(len(ds)))
+    assert all(int(ds[i]["doc_ids"].max()) == 0 for i in range(len(ds)))
+    starts, ends = tokenized.doc_token_bounds()
+    one_token_tails = int((((ends - starts) % 50) == 1).sum())  # dropped: below min_length
+    assert blocks.num_tokens == len(tokenized.ids) - one_token_tails
+    item = ds[0]
+    assert item["word_ids"][0] == 0 and (item["word_ids"].diff() >= 0).all()
+
+
+def test_stream_packing_fills_blocks_with_separators(tokenized):
+    blocks = pack(tokenized, np.arange(200), 64, "stream", separator_id=3)
+    ds = BlockDataset(blocks)
+    lengths = {len(ds[i]["input_ids"]) for i in range(len(ds))}
+    assert lengths == {64}
+    joined = torch.cat([ds[i]["input_ids"] for i in range(len(ds))])
+    assert int((joined == 3).sum()) >= len(ds) * 64 // (len(tokenized.ids) // 200 + 1) - 1
+    assert any(int(ds[i]["doc_ids"].max()) > 0 for i in range(len(ds)))
+
+
+def _ids_loader(n: int, batch: int, rank: int = 0, world: int = 1, **kw) -> ResumableLoader:
+    data = [{"input_ids": torch.tensor([i])} for i in range(n)]
+    return ResumableLoader(data, lambda ex: {"ids": torch.cat([e["input_ids"] for e in ex])},
+                           batch, seed=5, rank=rank, world_size=world, **kw)
+
+
+def _epoch(loader: ResumableLoader) -> list[torch.Tensor]:
+    out = []
+    for batch in loader:
+        loader.mark_consumed(batch.pop(POSITION_KEY))
+        out.append(batch["ids"])
+    return out
+
+
+def test_loader_shards_ranks_disjointly_and_resumes():
+    ranks = [_epoch(_ids_loader(103, 4, rank=r, world=2)) for r in range(2)]
+    seen = [torch.cat(r).tolist() for r in ranks]
+    assert not set(seen[0]) & set(seen[1])
+    assert len(seen[0]) == len(seen[1]) == (103 // 8) * 4
+    full = _ids_loader(103, 4)
+    epoch0, epoch1 = _epoch(full), _epoch(full)
+    assert [b.tolist() for b in epoch0] != [b.tolist() for b in epoch1]  # reshuffled per epoch
+    resumed = _ids_loader(103, 4)
+    it = iter(resumed)
+    for _ in range(7):
+        resumed.mark_consumed(next(it).pop(POSITION_KEY))
+    state = resumed.state_dict()
+    fresh = _ids_loader(103, 4)
+    fresh.load_state_dict(state)
+    rest = _epoch(fresh)
+    assert [b.tolist() for b in rest] == [b.tolist() for b in epoch0[7:]]
+
+
+def test_validation_split_is_deterministic_and_disjoint():
+    dm = PretrainDataModule(val_fraction=0.1, seed=3)
+    train, val = dm.split_documents(1000)
+    again = PretrainDataModule(val_fraction=0.1, seed=3).split_documents(1000)
+    assert np.array_equal(val, again[1]) and not set(train) & set(val)
+    assert 50 < len(val) < 150

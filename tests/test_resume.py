@@ -1,0 +1,63 @@
+"""Exact resume: N steps in one go == N/2 steps, save, resume in a fresh process, N/2 more."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import read_metrics
+
+COMMON = [
+    "--recipe", "bert_tiny",
+    "--data.max_documents", "1000",
+    "--data.num_workers", "1",
+    "--model.optim.schedule", "constant",
+    "--model.optim.warmup_steps", "0",
+    "--checkpoint.every_n_train_steps", "10",
+    "--trainer.log_every_n_steps", "1",
+    "--trainer.enable_progress_bar", "false",
+    "--trainer.enable_model_summary", "false",
+    "--trainer.callbacks+=plmkit.callbacks.BatchFingerprint",
+]
+
+
+def _series(run_dir: Path) -> dict[int, tuple[float, float]]:
+    out = {}
+    for row in read_metrics(run_dir):
+        if row.get("train/loss"):
+            fingerprint = float(row["train/batch_fingerprint"])
+            out[int(row["step"])] = (float(row["train/loss"]), fingerprint)
+    return out
+
+
+def test_resume_in_fresh_process_matches_unbroken_run(run_plmkit, tmp_path: Path):
+    whole, half = tmp_path / "whole", tmp_path / "half"
+    code, _, err = run_plmkit("fit", *COMMON, "--trainer.max_steps", "20",
+                              "--trainer.default_root_dir", whole)
+    assert code == 0, err[-2000:]
+    code, _, err = run_plmkit("fit", *COMMON, "--trainer.max_steps", "10",
+                              "--trainer.default_root_dir", half)
+    assert code == 0, err[-2000:]
+    resumed = subprocess.run(
+        [sys.executable, "-m", "plmkit", "fit", *COMMON, "--trainer.max_steps", "20",
+         "--trainer.default_root_dir", str(half), "--ckpt_path", "last"],
+        capture_output=True, text=True, env=dict(os.environ), timeout=900,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+    expected, got = _series(whole), _series(half)
+    assert sorted(expected) == sorted(got) and len(expected) == 20
+    for step in sorted(expected):
+        loss_a, batch_a = expected[step]
+        loss_b, batch_b = got[step]
+        assert batch_a == batch_b, f"different batch at step {step}"
+        assert abs(loss_a - loss_b) <= 1e-6, f"step {step}: {loss_a} vs {loss_b}"
+    assert len(list((half / "logs").glob("version_*"))) == 2  # the first attempt's log is kept
+
+
+def test_resume_refuses_a_run_folder_without_checkpoint(run_plmkit, tmp_path: Path):
+    code, _, err = run_plmkit("fit", "--recipe", "bert_tiny", "--ckpt_path", "last",
+                              "--trainer.default_root_dir", tmp_path / "empty")
+    assert code == 2 and "no checkpoint to resume" in err
