@@ -9,8 +9,8 @@ example is split at a random sentence boundary into A and B; then, per row,
 * ``sso``: label 0 = next (1/3), 1 = previous, i.e. swapped (1/3), 2 = other document (1/3).
 
 "Another document" is another example of the same batch. The pair is cut to a target length
-(with probability ``short_seq_prob`` a random shorter one, as BERT does) by trimming the first
-segment from its front and the second from its back, so the boundary stays intact.
+(with probability ``short_seq_prob`` a random shorter one, as BERT does) by trimming A from its
+front and B from its back *before* a swap, so the junction of A and B stays intact.
 """
 
 from __future__ import annotations
@@ -85,23 +85,31 @@ def build_segments(
             label = torch.where(label == (1 if task == "nsp" else 2), 0, label)
         shift = torch.randint(1, max(batch, 2), (batch,), generator=generator)
         other = (rows + shift) % batch
-        a_len, b_len = split, lengths - split
-        # first segment: A, or B when swapped; second: B, A when swapped, or the other row
-        first_row = rows
-        first_start = torch.where(swapped, split, torch.zeros_like(split))
-        a = torch.where(swapped, b_len, a_len)
-        second_row = torch.where(other_doc, other, rows)
-        second_start = torch.where(swapped | other_doc, torch.zeros_like(split), split)
-        b = torch.where(swapped, a_len, torch.where(other_doc, lengths[other], b_len))
-        # trim to the target: first from its front, second from its back
+        # In reading order: A = row[:split]; B = row[split:] or the start of another row.
+        # Trim to the target first (A from its front, B from its back, so their junction
+        # survives), then swap the trimmed segments for the "previous"/SOP-swapped rows.
+        a_len = split
         t = torch.maximum(target, torch.full_like(target, 2))
+        # a random-document B only fills what A leaves of the target, as in BERT
+        b_len = torch.where(
+            other_doc, torch.minimum(lengths[other], (t - a_len).clamp(min=1)), lengths - split
+        )
         half = t // 2
-        keep_a = torch.where(a + b <= t, a, torch.where(b >= half, torch.minimum(a, t - half),
-                                                          t - b))
-        keep_a = keep_a.clamp(min=1)
-        keep_b = torch.minimum(b, t - keep_a).clamp(min=1)
-        first_start = first_start + (a - keep_a)
-        a, b = keep_a, keep_b
+        keep_a = torch.where(
+            a_len + b_len <= t,
+            a_len,
+            torch.where(b_len >= half, torch.minimum(a_len, t - half), t - b_len),
+        ).clamp(min=1)
+        keep_b = torch.minimum(b_len, t - keep_a).clamp(min=1)
+        a_start = split - keep_a
+        b_row = torch.where(other_doc, other, rows)
+        b_start = torch.where(other_doc, torch.zeros_like(split), split)
+        first_row = torch.where(swapped, b_row, rows)
+        first_start = torch.where(swapped, b_start, a_start)
+        second_row = torch.where(swapped, rows, b_row)
+        second_start = torch.where(swapped, a_start, b_start)
+        a = torch.where(swapped, keep_b, keep_a)
+        b = torch.where(swapped, keep_a, keep_b)
 
     total = a + b + torch.where(b > 0, 3, 2) if task is not None else a + 2
     out_width = int(total.max())
