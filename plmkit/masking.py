@@ -47,9 +47,8 @@ def ceil_counts(
 ) -> Tensor:
     """SpanBERT's per-sequence budget: ``ceil(n * rate)`` tokens (optionally capped).
 
-    Computed in float64 exactly like the original's ``math.ceil(sent_length * mask_ratio)``,
-    floating-point quirks included (``100 * 0.15 == 15.000000000000002`` gives 16). Rows with
-    no candidate get 0.
+    Computed in float64, so it equals the original's ``math.ceil(sent_length * mask_ratio)``
+    bit for bit (floating-point rounding included). Rows with no candidate get 0.
     """
     counts = torch.ceil(num_candidates.to(torch.float64) * rate).long()
     if max_predictions is not None:

@@ -1,1 +1,26 @@
-"""spanbert plugin (work in progress: registers nothing yet)."""
+"""SpanBERT (span masking + Span Boundary Objective): the plugin's hooks.
+
+``SpanBertCollator`` can be used on its own (no Lightning needed); ``SpanBertObjective`` is
+loaded lazily.
+"""
+
+from plmkit.plugins.spanbert.collator import SpanBertCollator
+from plmkit.registry import hookimpl
+
+__all__ = ["SpanBertCollator", "SpanBertObjective"]
+
+
+def __getattr__(name: str):
+    # The objective imports Lightning; load it lazily so the collator works without it.
+    if name == "SpanBertObjective":
+        from plmkit.plugins.spanbert.model import SpanBertObjective
+
+        return SpanBertObjective
+    raise AttributeError(name)
+
+
+@hookimpl
+def plmkit_register_objectives():
+    from plmkit.plugins.spanbert.model import SpanBertObjective
+
+    return [SpanBertObjective]
