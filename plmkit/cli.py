@@ -197,7 +197,6 @@ def _configure_logging() -> None:
     handler.setFormatter(logging.Formatter("plmkit: %(levelname)s: %(message)s"))
     log.addHandler(handler)
     log.setLevel(os.environ.get("PLMKIT_LOG_LEVEL", "INFO").upper())
-    log.propagate = False
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,1 +1,26 @@
-"""electra plugin (work in progress: registers nothing yet)."""
+"""ELECTRA (generator + replaced-token-detection discriminator): the plugin's hooks.
+
+``ElectraCollator`` (the generator's dynamic masking) can be used on its own, without
+Lightning: ``from plmkit.plugins.electra import ElectraCollator``.
+"""
+
+from plmkit.plugins.electra.collator import ElectraCollator
+from plmkit.registry import hookimpl
+
+__all__ = ["ElectraCollator", "ElectraObjective"]
+
+
+def __getattr__(name: str):
+    # The objective imports Lightning; load it lazily so the collator works without it.
+    if name == "ElectraObjective":
+        from plmkit.plugins.electra.model import ElectraObjective
+
+        return ElectraObjective
+    raise AttributeError(name)
+
+
+@hookimpl
+def plmkit_register_objectives():
+    from plmkit.plugins.electra.model import ElectraObjective
+
+    return [ElectraObjective]

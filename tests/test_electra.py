@@ -1,0 +1,332 @@
+"""ELECTRA: shared embeddings, the original's masking law, replaced-token labels, the loss
+weighting, masked-only generator logits, a short training run, export and checkpoint reload."""
+
+from __future__ import annotations
+
+import copy
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import falling, metric_series
+
+from plmkit.collator import IGNORE_INDEX
+from plmkit.plugins.electra import ElectraCollator
+
+TINY = dict(
+    hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128, embedding_size=32,
+    generator_hidden_size=16, generator_num_heads=1, generator_intermediate_size=64, dropout=0.0,
+)
+
+
+def _objective(tokenizer, max_length=128, **kwargs):
+    from plmkit.plugins.electra import ElectraObjective
+
+    objective = ElectraObjective(**{**TINY, **kwargs})
+    objective.attach_tokenizer(tokenizer, max_length)
+    objective.configure_model()
+    return objective.eval()
+
+
+def _shared(model) -> bool:
+    g, d = model.generator.electra.embeddings, model.discriminator.electra.embeddings
+    return (
+        g.word_embeddings.weight.data_ptr() == d.word_embeddings.weight.data_ptr()
+        and g.position_embeddings.weight.data_ptr() == d.position_embeddings.weight.data_ptr()
+        and g.token_type_embeddings.weight.data_ptr() == d.token_type_embeddings.weight.data_ptr()
+        and model.generator.generator_lm_head.weight is d.word_embeddings.weight
+    )
+
+
+def _collate_many(collator, examples, rounds=8, batch=32):
+    return [
+        collator(examples[i : i + batch])
+        for _ in range(rounds)
+        for i in range(0, len(examples) - batch + 1, batch)
+    ]
+
+
+def _varied_lengths(examples, seed=0):
+    """The examples cut to random lengths 1..len (short rows exercise the max(1, .) floor)."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for ex in examples:
+        n = int(torch.randint(1, len(ex["input_ids"]) + 1, (1,), generator=g))
+        out.append({k: v[:n] for k, v in ex.items()})
+    return out
+
+
+# ------------------------------------------------------------------------------------ model
+def test_embeddings_are_shared(tokenizer):
+    objective = _objective(tokenizer)
+    model = objective.model
+    assert _shared(model)
+    # each tower keeps its own projection of the shared 32-dim embeddings
+    g_proj = model.generator.electra.embeddings_project
+    d_proj = model.discriminator.electra.embeddings_project
+    assert g_proj.weight.shape == (16, 32) and d_proj.weight.shape == (64, 32)
+    assert g_proj.weight.data_ptr() != d_proj.weight.data_ptr()
+    # the optimizer sees each shared tensor once
+    ids = [id(p) for p in objective.parameters()]
+    assert len(ids) == len(set(ids))
+    # one gradient step keeps them the same tensor
+    batch = ElectraCollator.from_tokenizer(tokenizer, seed=0)(
+        [{"input_ids": torch.arange(5, 60)}] * 4
+    )
+    loss, _ = objective.compute_loss(batch)
+    loss.backward()
+    torch.optim.AdamW(objective.parameters(), lr=0.1).step()
+    assert _shared(model)
+
+
+def test_generator_size_defaults(tokenizer):
+    from plmkit.plugins.electra import ElectraObjective
+
+    objective = ElectraObjective(hidden_size=256, num_layers=3, num_heads=4,
+                                 intermediate_size=1024, embedding_size=128)
+    objective.attach_tokenizer(tokenizer, 128)
+    objective.configure_model()
+    gen = objective.model.generator.config
+    disc = objective.model.discriminator.config
+    assert (gen.hidden_size, gen.num_attention_heads, gen.intermediate_size) == (64, 1, 256)
+    assert gen.num_hidden_layers == disc.num_hidden_layers == 3
+    assert gen.embedding_size == disc.embedding_size == 128
+    # FLOPs count both towers: more than the discriminator's 6N alone
+    encoder = objective.model.discriminator.electra.encoder
+    disc_only = 6 * sum(p.numel() for p in encoder.parameters())
+    assert objective.flops_per_token(128) > disc_only * 1.05
+
+
+def test_generator_head_only_at_masked_positions(tokenizer, make_examples):
+    objective = _objective(tokenizer)
+    batch = ElectraCollator.from_tokenizer(tokenizer, seed=1)(make_examples(126, "stream", n=8))
+    seen = {}
+    model = objective.model
+    hooks = [
+        model.generator.generator_predictions.register_forward_hook(
+            lambda m, args, out: seen.__setitem__("head_in", args[0].shape)
+        ),
+        model.generator.generator_lm_head.register_forward_hook(
+            lambda m, args, out: seen.__setitem__("logits", out.shape)
+        ),
+    ]
+    objective.compute_loss(batch)
+    for h in hooks:
+        h.remove()
+    num_masked = int((batch["labels"] != IGNORE_INDEX).sum())
+    assert 0 < num_masked < batch["input_ids"].numel() // 4
+    assert seen["head_in"] == (num_masked, 16)
+    assert seen["logits"] == (num_masked, len(tokenizer))
+
+
+def test_correct_guess_is_labelled_real(tokenizer, make_examples):
+    from plmkit.plugins.electra.model import replace_tokens
+
+    original = torch.tensor([[2, 10, 11, 12, 13, 3]])
+    masked = torch.tensor([[False, True, True, False, True, False]])
+    sampled = torch.tensor([10, 99, 13])  # right, wrong, right
+    fake, is_replaced = replace_tokens(original, masked, sampled)
+    assert fake.tolist() == [[2, 10, 99, 12, 13, 3]]
+    assert is_replaced.tolist() == [[False, False, True, False, False, False]]
+
+    # end to end: a generator that is sure of the right token (a margin far beyond the Gumbel
+    # noise, which lies in [-3.1, 16.7]) never produces a "replaced" label
+    objective = _objective(tokenizer)
+    batch = ElectraCollator.from_tokenizer(tokenizer, seed=2)(make_examples(126, "stream", n=8))
+    targets = batch["labels"][batch["labels"] != IGNORE_INDEX]
+    head = objective.model.generator.generator_lm_head
+
+    def sure(offset):
+        def hook(module, args, out):
+            return out + 1e4 * torch.nn.functional.one_hot(
+                (targets + offset) % out.shape[-1], out.shape[-1]
+            )
+        return hook
+
+    handle = head.register_forward_hook(sure(0))
+    _, metrics = objective.compute_loss(batch)
+    handle.remove()
+    assert metrics["replaced_frac"] == 0 and metrics["sampled_acc"] == 1
+    handle = head.register_forward_hook(sure(1))  # sure of a wrong token: all replaced
+    _, metrics = objective.compute_loss(batch)
+    handle.remove()
+    real = int(batch["attention_mask"].sum())
+    assert math.isclose(float(metrics["replaced_frac"]), len(targets) / real, rel_tol=1e-6)
+    assert metrics["sampled_acc"] == 0
+
+
+def test_loss_weighting(tokenizer, make_examples):
+    batch = ElectraCollator.from_tokenizer(tokenizer, seed=3)(make_examples(126, "stream", n=8))
+    for gen_w, disc_w in ((1.0, 50.0), (2.0, 7.0)):
+        objective = _objective(tokenizer, generator_weight=gen_w, discriminator_weight=disc_w)
+        loss, m = objective.compute_loss(batch)
+        expected = gen_w * m["mlm_loss"] + disc_w * m["disc_loss"]
+        assert torch.allclose(loss, expected, rtol=1e-5), (gen_w, disc_w)
+        assert m["mlm_loss"] > 0 and m["disc_loss"] > 0
+    from plmkit.plugins.electra import ElectraObjective
+
+    default = ElectraObjective()
+    assert (default.generator_weight, default.discriminator_weight) == (1.0, 50.0)
+
+
+# --------------------------------------------------------------------------------- collator
+@pytest.mark.parametrize("max_length", [128, 64])
+def test_masked_count_law(tokenizer, make_examples, max_length):
+    p = 0.15
+    examples = make_examples(max_length - 2, "stream", n=96)
+    examples += _varied_lengths(make_examples(max_length - 2, "document", n=160), seed=5)
+    collator = ElectraCollator.from_tokenizer(tokenizer, max_length=max_length, seed=6)
+    special = torch.tensor(sorted(tokenizer.all_special_ids))
+    cap = int((p + 0.005) * max_length)
+    hit_cap = hit_floor = 0
+    for start in range(0, len(examples), 32):
+        b = collator(examples[start : start + 32])
+        ids, attn, labels = b["input_ids"], b["attention_mask"], b["labels"]
+        selected = labels != IGNORE_INDEX
+        for row in range(len(ids)):
+            n_real = int(attn[row].sum())
+            candidates = int((attn[row].bool() & ~torch.isin(ids[row], special)).sum()
+                             + (ids[row] == tokenizer.mask_token_id).sum())
+            expected = min(max(1, min(cap, round(n_real * p))), candidates)
+            assert int(selected[row].sum()) == expected, (n_real, expected)
+            hit_cap += round(n_real * p) > cap
+            hit_floor += round(n_real * p) == 0
+        # never a special token or padding; [CLS] first, [SEP] closes every row
+        assert not torch.isin(labels[selected], special).any()
+        assert (labels[attn == 0] == IGNORE_INDEX).all()
+        assert (ids[:, 0] == tokenizer.cls_token_id).all()
+        last = attn.sum(dim=1) - 1
+        assert (ids[torch.arange(len(ids)), last] == tokenizer.sep_token_id).all()
+    assert hit_floor > 0  # short rows took the max(1, .) branch
+    if max_length == 64:
+        assert hit_cap > 0  # round(64 * 0.15) = 10 > int(0.155 * 64) = 9
+
+
+def test_mask_keep_split(tokenizer, make_examples):
+    examples = make_examples(126, "stream")
+    collator = ElectraCollator.from_tokenizer(tokenizer, seed=7)
+    n_sel = n_mask = n_keep = n_random = 0
+    for b in _collate_many(collator, examples):
+        sel = b["labels"] != IGNORE_INDEX
+        ids, labels = b["input_ids"][sel], b["labels"][sel]
+        n_sel += int(sel.sum())
+        n_mask += int((ids == tokenizer.mask_token_id).sum())
+        n_keep += int((ids == labels).sum())
+        n_random += int(((ids != labels) & (ids != tokenizer.mask_token_id)).sum())
+        # outside the selection nothing changes
+        assert not (b["input_ids"][~sel] == tokenizer.mask_token_id).any()
+    assert n_sel > 20_000
+    assert abs(n_mask / n_sel - 0.85) < 0.02
+    assert abs(n_keep / n_sel - 0.15) < 0.02
+    assert n_random == 0
+
+
+def test_collator_alone_in_dataloader(tokenizer, make_examples):
+    from torch.utils.data import DataLoader
+
+    example = make_examples(126, "stream", n=1)[0]
+    dataset = [example] * 32  # identical inputs: any difference comes from the masks
+    before = copy.deepcopy(example)
+
+    def masks(seed):
+        collator = ElectraCollator.from_tokenizer(tokenizer, seed=seed)
+        loader = DataLoader(dataset, batch_size=8, num_workers=2, collate_fn=collator)
+        return [b["labels"] != IGNORE_INDEX for b in loader]
+
+    first, again, other = masks(0), masks(0), masks(1)
+    assert len(first) == 4
+    assert all(torch.equal(a, b) for a, b in zip(first, again))  # reproducible per seed
+    assert not torch.equal(first[0], first[1])  # worker 0 and worker 1 draw different masks
+    assert not all(torch.equal(a, b) for a, b in zip(first, other))
+    for key in example:
+        assert torch.equal(example[key], before[key])  # inputs never mutated
+
+
+def test_collator_imports_without_lightning():
+    code = ("import sys; from plmkit.plugins.electra import ElectraCollator; "
+            "assert 'lightning' not in sys.modules, 'lightning imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --------------------------------------------------------------------- training and export
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """One short electra_tiny run shared by the tests below (same flags as ``tiny_fit``)."""
+    from plmkit.cli import main
+
+    run = tmp_path_factory.mktemp("electra") / "electra_tiny"
+    code = main([
+        "fit", "--recipe", "electra_tiny",
+        "--trainer.default_root_dir", str(run),
+        "--trainer.max_steps", "100",
+        "--trainer.log_every_n_steps", "1",
+        "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_model_summary", "false",
+        "--data.max_documents", "2000",
+        "--data.num_workers", "0",
+    ])
+    assert code == 0
+    return run
+
+
+def _base_rate_entropy(rates: list[float]) -> list[float]:
+    """BCE of the best constant predictor: "original" everywhere at the replaced rate."""
+    return [-(r * math.log(r) + (1 - r) * math.log(1 - r)) for r in rates]
+
+
+def test_training_lowers_both_losses(trained):
+    mlm, disc = metric_series(trained, "train/mlm_loss"), metric_series(trained, "train/disc_loss")
+    assert len(mlm) >= 90 and len(disc) >= 90
+    assert falling(mlm)
+    # electra_tiny starts the discriminator at the base rate (discriminator_prior_init), so its
+    # loss starts near the base-rate entropy (~0.42, not ln 2); it then has to go below it
+    # while the generator it is judging keeps improving
+    first, last = sum(disc[:5]) / 5, sum(disc[-50:]) / 50
+    assert last < 0.985 * first
+    assert min(disc) < 0.93 * first
+
+
+def test_discriminator_beats_all_original_baseline(trained):
+    """Over the last 50 steps the discriminator's BCE is below the base-rate entropy, the loss
+    of the best constant predictor ("original" everywhere at the replaced rate): it tells
+    replaced tokens from original ones better than the all-original baseline can."""
+    disc = metric_series(trained, "train/disc_loss")[-50:]
+    baseline = _base_rate_entropy(metric_series(trained, "train/replaced_frac")[-50:])
+    assert sum(disc) / len(disc) < 0.985 * sum(baseline) / len(baseline)
+
+
+def test_checkpoint_reload_keeps_sharing(trained):
+    from plmkit.export import objective_from_checkpoint
+
+    objective = objective_from_checkpoint(trained / "checkpoints" / "last.ckpt")
+    assert _shared(objective.model)
+    ckpt = torch.load(trained / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    key = "model.discriminator.electra.embeddings.word_embeddings.weight"
+    assert torch.equal(objective.model.generator.electra.embeddings.word_embeddings.weight,
+                       ckpt[key])
+
+
+def test_export_loads_and_runs(trained, run_plmkit, tmp_path):
+    from transformers import AutoTokenizer, ElectraForMaskedLM, ElectraForPreTraining
+
+    out = tmp_path / "export"
+    code, _, err = run_plmkit("export", trained / "checkpoints" / "last.ckpt", out, "--generator")
+    assert code == 0, err
+    disc, info = ElectraForPreTraining.from_pretrained(out, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    gen, info = ElectraForMaskedLM.from_pretrained(out / "generator", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    tok = AutoTokenizer.from_pretrained(out)
+    enc = tok(["a small domesticated carnivorous mammal"], return_tensors="pt")
+    with torch.no_grad():
+        logits = disc(**enc).logits
+        gen_logits = gen(**enc).logits
+    assert logits.shape == enc["input_ids"].shape and torch.isfinite(logits).all()
+    assert gen_logits.shape == (*enc["input_ids"].shape, len(tok))
+    # each tower holds its own copy of the same trained embeddings
+    assert torch.equal(disc.electra.embeddings.word_embeddings.weight,
+                       gen.electra.embeddings.word_embeddings.weight)
+    assert gen.generator_lm_head.weight is gen.electra.embeddings.word_embeddings.weight
