@@ -14,11 +14,13 @@ tokens or none. This module supplies the three pieces such a collator needs, vec
   the word-start pattern of its tokens). At match time the matcher computes, with tensor ops
   over the whole batch, a rolling polynomial hash of every window of ``n`` tokens for each
   ``n`` up to ``max_tokens`` (two independent hashes modulo primes below 2^31, combined into
-  one 62-bit key, so no int64 overflow), and looks the keys up in the sorted key table of
-  length ``n`` with ``torch.searchsorted``. Cost: ``O(max_tokens * B * L * log(entries))``,
-  no Python loop over tokens or over lexicon entries. A window matches only when it starts at
-  a word start, ends at a word end and has the same internal word boundaries as the entry,
-  so a phrase never matches inside a word or across a word boundary the entry does not have.
+  one 62-bit key, so no int64 overflow); a 2^21-bit filter over all entry keys discards most
+  windows with one gather, and the rest are looked up in the sorted key table of length ``n``
+  with ``torch.searchsorted``. Cost: ``O(max_tokens * B * L)`` plus a binary search for the
+  few windows that pass the filter; no Python loop over tokens or over lexicon entries.
+  A window matches only when it starts at a word start, ends at a word end and has the same
+  internal word boundaries as the entry, so a phrase never matches inside a word or across a
+  word boundary the entry does not have.
   Overlapping matches are resolved **longest first**, then **leftmost first** among matches
   of the same length (exactly the greedy left-to-right choice, computed in a few vectorized
   rounds).
@@ -70,6 +72,7 @@ PHRASE, ENTITY = 0, 1
 # Two moduli below 2^31 and bases below 2^20: every product stays below 2^51 (no overflow).
 _MOD = (2_147_483_647, 2_147_483_629)
 _BASE = (1_000_003, 999_983)
+_FILTER_SIZE = 1 << 21
 
 LexiconSource = str | Path | Iterable[str | tuple[str, str]] | None
 
@@ -266,6 +269,9 @@ class PhraseMatcher:
         # per length n: sorted unique keys and the best (lowest) fine-kind code per key
         self._keys: dict[int, Tensor] = {}
         self._labels: dict[int, Tensor] = {}
+        # a one-bit-per-slot filter over all keys: most windows match nothing and skip the
+        # binary search (false positives ~ entries / 2^21, a few percent)
+        self._filter = torch.zeros(_FILTER_SIZE, dtype=torch.bool)
         if not keep:
             return
         lengths_np = np.fromiter((len(sequences[i]) for i in keep), np.int64, len(keep))
@@ -300,6 +306,7 @@ class PhraseMatcher:
             first = torch.ones_like(k, dtype=torch.bool)
             first[1:] = k[1:] != k[:-1]
             self._keys[n], self._labels[n] = k[first].contiguous(), lab[first].contiguous()
+            self._filter[_filter_slot(self._keys[n], n)] = True
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -376,11 +383,22 @@ class PhraseMatcher:
             table, labels = self._keys[n], self._labels[n]
             key = keys[n - 1]
             width = key.shape[1]
-            index = torch.searchsorted(table, key).clamp(max=len(table) - 1)
-            hit = table[index] == key
-            hit &= ws[:, :width] & ends_word[:, n - 1 :]
-            if not bool(hit.any()):
+            # word-aligned windows that pass the bit filter; only those are searched
+            maybe = ws[:, :width] & ends_word[:, n - 1 :]
+            maybe &= self._filter[_filter_slot(key, n)]
+            rows, cols = maybe.nonzero(as_tuple=True)
+            if len(rows) == 0:
                 continue
+            query = key[rows, cols]
+            index = torch.searchsorted(table, query).clamp(max=len(table) - 1)
+            found = table[index] == query
+            if not bool(found.any()):
+                continue
+            rows, cols, index = rows[found], cols[found], index[found]
+            hit = torch.zeros(batch, width, dtype=torch.bool)
+            hit[rows, cols] = True
+            entry_label = torch.zeros(batch, width, dtype=torch.long)
+            entry_label[rows, cols] = labels[index]
             hit &= window_count(blocked, 0, n - 1)[:, :width] == 0
             take = greedy_non_overlapping(hit, n)
             if not bool(take.any()):
@@ -390,7 +408,7 @@ class PhraseMatcher:
             span_start |= full
             span_len = torch.where(full, n, span_len)
             label = torch.zeros(batch, length, dtype=torch.long)
-            label[:, :width] = labels[index]
+            label[:, :width] = entry_label
             span_label = torch.where(full, label, span_label)
             blocked |= window_count(full, -(n - 1), 0) > 0
         start_of, inside = _cover(span_start, span_len)
@@ -398,6 +416,11 @@ class PhraseMatcher:
         kind = torch.where(fine == self._phrase_label, PHRASE, ENTITY)
         kind = torch.where(inside, kind, minus)
         return SpanMatches(start_of, kind, fine)
+
+
+def _filter_slot(keys: Tensor, n: int) -> Tensor:
+    """The filter slot of ``keys`` of windows of length ``n`` (low bits of the mod-p hash)."""
+    return (keys + n * 1_000_003) & (_FILTER_SIZE - 1)
 
 
 def _start_flags(words: list[int | None]) -> list[bool]:
@@ -415,14 +438,17 @@ def spans_from_offsets(
     spans: Sequence[Tensor | Sequence[Sequence[int]] | None],
     width: int,
     kinds: Sequence[int] | None = None,
+    lengths: Sequence[int] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Per-token tags of precomputed spans given as token ``[start, end)`` offsets.
 
     Args:
         spans: per row, a (num_spans, 2) long tensor (or list of pairs), or None.
-        width: the row length (offsets are clipped to it; empty spans dropped).
+        width: the row length of the output tensors.
         kinds: per row, the span class (:data:`PHRASE` / :data:`ENTITY`) of all its spans;
             default :data:`ENTITY`.
+        lengths: per row, its number of tokens (default ``width``): offsets are clipped to
+            it and spans left empty are dropped.
 
     Returns:
         ``(tag, length, kind)``: (B, width) long tensors; ``tag`` is the span's global id
@@ -440,13 +466,15 @@ def spans_from_offsets(
             continue
         t = torch.as_tensor(s, dtype=torch.long).reshape(-1, 2)
         code = ENTITY if kinds is None else kinds[row]
-        extra = torch.tensor([[row, code]], dtype=torch.long).expand(len(t), 2)
+        limit = width if lengths is None else min(int(lengths[row]), width)
+        extra = torch.tensor([[row, code, limit]], dtype=torch.long).expand(len(t), 3)
         tables.append(torch.cat([extra, t], dim=1))
     if not tables:
         return tag, length, kind
     table = torch.cat(tables)
-    rows, codes = table[:, 0], table[:, 1]
-    start, end = table[:, 2].clamp(0, width), table[:, 3].clamp(0, width)
+    rows, codes, limit = table[:, 0], table[:, 1], table[:, 2]
+    start = torch.minimum(table[:, 3].clamp(min=0), limit)
+    end = torch.minimum(table[:, 4].clamp(min=0), limit)
     size = end - start
     ok = size > 0
     rows, codes, start, size = rows[ok], codes[ok], start[ok], size[ok]

@@ -1,1 +1,26 @@
-"""ernie plugin (work in progress: registers nothing yet)."""
+"""ERNIE 1.0 (knowledge masking: whole phrases and entities, in stages): the plugin's hooks.
+
+``ErnieCollator`` can be used on its own (no Lightning needed); the objective
+``ErnieObjective`` is loaded lazily. The lexicon matcher lives in :mod:`plmkit.lexicon`.
+"""
+
+from plmkit.plugins.ernie.collator import ErnieCollator
+from plmkit.registry import hookimpl
+
+__all__ = ["ErnieCollator", "ErnieObjective"]
+
+
+def __getattr__(name: str):
+    # The objective imports Lightning; load it lazily so the collator works without it.
+    if name == "ErnieObjective":
+        from plmkit.plugins.ernie.model import ErnieObjective
+
+        return ErnieObjective
+    raise AttributeError(name)
+
+
+@hookimpl
+def plmkit_register_objectives():
+    from plmkit.plugins.ernie.model import ErnieObjective
+
+    return [ErnieObjective]

@@ -1,0 +1,281 @@
+"""ERNIE 1.0's collator: knowledge masking of whole phrases and entities (Sun et al. 2019).
+
+ERNIE masks a **phrase or a named entity as one unit** (all of its tokens or none), in stages:
+basic-level (word) masking first, then phrase-level, then entity-level. Here:
+
+* **Spans** come from a lexicon matched on the fly (:class:`plmkit.lexicon.PhraseMatcher`;
+  default: the bundled WordNet lexicon, ``person`` / ``location`` / ``group`` entries are
+  entities, the others phrases) or, per example, from precomputed token offsets: an example
+  may carry ``entity_spans`` and/or ``phrase_spans``, (num_spans, 2) long tensors of token
+  ``[start, end)`` offsets into its ``input_ids`` (clipped to them); an example that carries
+  either field is **not** matched against the lexicon. A precomputed span that the pair
+  building cuts (truncation, the A/B split) is dropped; where precomputed spans overlap, the
+  entity wins and the other is dropped. Spans should align with words; a span that starts
+  inside a word is merged with that word's head (still all or none of the span).
+* **Levels**: every row draws one level from the current *mix* ``{token: a, phrase: b,
+  entity: c}`` (ERNIE's released reader likewise decides per sentence between word- and
+  char-level masking). ``token``: only basic units. ``phrase``: each matched phrase is one
+  unit, every other token keeps its basic unit. ``entity``: each matched entity is one unit,
+  the rest (phrases included) basic units. Basic units are whole words (``basic_unit="word"``,
+  the paper's "basic language unit" for English) or single tokens (``"token"``).
+* **Budget**: units are drawn uniformly in random order (ERNIE's reader picks each segment
+  with the same probability whatever its length) under BERT's exact budget ``min(max_pred,
+  max(1, round(0.15 n)))`` with :func:`plmkit.lexicon.select_units` (whole units only, a unit
+  that does not fit is skipped and the next tried), or Bernoulli(0.15) per unit with
+  ``exact_count=False`` (the reader's rule). 80/10/10 is decided per token, as in the reader.
+
+**Schedule across DataLoader workers.** ``level_schedule`` is a list of ``(start_step, mix)``;
+the mix in force is the last one whose start step is <= the collator's *step*. The step lives
+in a one-element int64 tensor in **shared memory** (:meth:`ErnieCollator.set_step`), created
+before the workers start, so a worker forked or spawned by a DataLoader reads the value the
+training process writes (the ERNIE objective writes ``global_step`` at the start of training,
+of every epoch and of every batch). Limits: a worker reads the step when it builds a batch,
+and workers build batches ahead of the training step (plmkit's loader: ``prefetch_factor=4``
+per worker), so a stage change reaches the batches up to ``4 x num_workers`` steps late, and
+which of those few batches around a boundary see the new mix depends on worker timing (a run
+resumed exactly at such a boundary may draw a different level for them; elsewhere resume is
+exact, since the masks themselves come from the per-batch reseeded generator). A collator used
+outside plmkit follows the schedule only if someone calls ``set_step`` (e.g. a HF
+``TrainerCallback.on_step_begin``); otherwise it stays at step 0. See the plugin report for
+the core change that makes this exact (the loader passing the batch index).
+
+Importable without Lightning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from plmkit import masking
+from plmkit.lexicon import (
+    ENTITY,
+    PHRASE,
+    PhraseMatcher,
+    complete_runs,
+    select_units,
+    span_units,
+    spans_from_offsets,
+)
+from plmkit.plugins.bert.collator import BertCollator
+
+LEVELS: tuple[str, ...] = ("token", "phrase", "entity")
+TOKEN, PHRASE_LEVEL, ENTITY_LEVEL = 0, 1, 2
+
+
+def mix_vector(mix: Mapping[str, float] | None) -> Tensor:
+    """A level mix as normalised probabilities ``(token, phrase, entity)`` (float64).
+
+    ``None`` is the uniform mix. Missing levels weigh 0; unknown names are an error.
+    """
+    if mix is None:
+        return torch.full((3,), 1.0 / 3, dtype=torch.float64)
+    unknown = set(mix) - set(LEVELS)
+    if unknown:
+        raise ValueError(f"unknown masking level(s) {sorted(unknown)}; use {list(LEVELS)}")
+    weights = torch.tensor([float(mix.get(level, 0.0)) for level in LEVELS], dtype=torch.float64)
+    if (weights < 0).any() or weights.sum() <= 0:
+        raise ValueError(f"a level mix needs non-negative weights with a positive sum: {mix}")
+    return weights / weights.sum()
+
+
+def _schedule(
+    schedule: Sequence[Sequence[Any]] | None,
+) -> list[tuple[int, Tensor]]:
+    out = []
+    for entry in schedule or []:
+        if len(entry) != 2:
+            raise ValueError(f"a level_schedule entry is (start_step, mix), got {entry!r}")
+        out.append((int(entry[0]), mix_vector(entry[1])))
+    return sorted(out, key=lambda e: e[0])
+
+
+class ErnieCollator(BertCollator):
+    """Phrase- and entity-level masking (ERNIE 1.0) on top of BERT's collator.
+
+    Takes every argument of :class:`~plmkit.plugins.bert.BertCollator` except
+    ``whole_word`` (see ``basic_unit``), and:
+
+    Args:
+        matcher: the lexicon matcher (:meth:`from_tokenizer` builds one from ``lexicon``);
+            None: only precomputed spans are used.
+        level_mix: ``{token, phrase, entity}`` weights per row (default uniform).
+        level_schedule: ``[(start_step, mix), ...]``; overrides ``level_mix`` from the first
+            start step on (see the module docstring for how the step reaches the workers).
+        basic_unit: ``"word"`` (whole-word masking outside spans) or ``"token"``.
+        selection_passes: top-up passes of :func:`plmkit.lexicon.select_units`.
+        return_spans: also return ``span_start`` (B, L): for tokens of the spans masked as
+            one unit in this batch, the position where the span starts (-1 elsewhere). For
+            tests and inspection.
+        return_level: also return ``masking_level`` (B,): the level each row drew (0 token,
+            1 phrase, 2 entity); the objective logs it.
+        step_counter: a shared one-element long tensor holding the training step (several
+            collators of one run can share it); default: a new one in shared memory.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        matcher: PhraseMatcher | None = None,
+        level_mix: Mapping[str, float] | None = None,
+        level_schedule: Sequence[Sequence[Any]] | None = None,
+        basic_unit: str = "word",
+        selection_passes: int = 4,
+        return_spans: bool = False,
+        return_level: bool = False,
+        step_counter: Tensor | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if basic_unit not in ("word", "token"):
+            raise ValueError(f"basic_unit must be 'word' or 'token', got {basic_unit!r}")
+        kwargs.pop("whole_word", None)
+        super().__init__(*args, whole_word=basic_unit == "word", **kwargs)
+        self.matcher = matcher
+        self.basic_unit = basic_unit
+        self.level_mix = mix_vector(level_mix)
+        self.level_schedule = _schedule(level_schedule)
+        self.selection_passes, self.return_spans = selection_passes, return_spans
+        self.return_level = return_level
+        if step_counter is None:
+            step_counter = torch.zeros(1, dtype=torch.long).share_memory_()
+        self.step_counter = step_counter
+        # raw positions are passed through the pair builder as ids >= this offset
+        self._index_offset = max(self.cls_id, self.sep_id, self.pad_id) + 1
+
+    @classmethod
+    def from_tokenizer(  # type: ignore[override]
+        cls,
+        tokenizer: Any,
+        lexicon: Any = None,
+        max_span_tokens: int = 8,
+        **kwargs: Any,
+    ) -> ErnieCollator:
+        """Build from a HF tokenizer; ``lexicon`` is None (bundled WordNet), a lexicon file
+        path, a list of phrases / ``(phrase, kind)``, or ``"none"`` / False for no lexicon.
+        A ready ``matcher=`` keyword is used as it is."""
+        if "matcher" not in kwargs and lexicon is not False and lexicon != "none":
+            kwargs["matcher"] = PhraseMatcher.from_tokenizer(tokenizer, lexicon, max_span_tokens)
+        return super().from_tokenizer(tokenizer, **kwargs)  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ schedule
+    def set_step(self, step: int) -> None:
+        """Set the training step (visible to DataLoader workers: shared memory)."""
+        self.step_counter[0] = int(step)
+
+    @property
+    def step(self) -> int:
+        return int(self.step_counter[0])
+
+    def current_mix(self) -> Tensor:
+        """The level probabilities ``(token, phrase, entity)`` at the current step."""
+        step, mix = self.step, self.level_mix
+        for start, scheduled in self.level_schedule:
+            if start <= step:
+                mix = scheduled
+        return mix
+
+    # ------------------------------------------------------------------ batch
+    def _pairs(self, examples: list[dict[str, Any]]) -> tuple[Any, Tensor, Tensor, int]:
+        """Build the pairs with BERT's ``segments()`` on *source indices* instead of ids.
+
+        Returns ``(segments, input_ids, source, width)``: ``source`` is, for every output
+        position, ``row * width + column`` of the raw token it holds (-1 on special tokens
+        and padding), so any per-token field of the examples can be gathered afterwards.
+        """
+        width = max(len(e["input_ids"]) for e in examples)
+        offset = self._index_offset
+        proxies = [
+            {**e, "input_ids": torch.arange(len(e["input_ids"])) + offset + i * width}
+            for i, e in enumerate(examples)
+        ]
+        seg = self.segments(proxies)
+        source = torch.where(seg.input_ids >= offset, seg.input_ids - offset, -1)
+        raw = self.pad(examples, "input_ids", self.pad_id, length=width).flatten()
+        input_ids = torch.where(source >= 0, raw[source.clamp(min=0)], seg.input_ids)
+        return seg, input_ids, source, width
+
+    def _precomputed(
+        self, examples: list[dict[str, Any]], source: Tensor, width: int
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """(span start, span kind, from-precomputed mask) of precomputed spans, per position."""
+        batch = len(examples)
+        has = torch.tensor([
+            e.get("entity_spans") is not None or e.get("phrase_spans") is not None
+            for e in examples
+        ])
+        minus = torch.full(source.shape, -1, dtype=torch.long)
+        if not bool(has.any()):
+            return minus, minus.clone(), torch.zeros(source.shape, dtype=torch.bool)
+        lengths = [len(e["input_ids"]) for e in examples]
+        tag_e, len_e, kind_e = spans_from_offsets(
+            [e.get("entity_spans") for e in examples], width, [ENTITY] * batch, lengths
+        )
+        tag_p, len_p, kind_p = spans_from_offsets(
+            [e.get("phrase_spans") for e in examples], width, [PHRASE] * batch, lengths
+        )
+        entity = tag_e >= 0
+        tag = torch.where(entity, tag_e, torch.where(tag_p >= 0, tag_p + batch * width, -1))
+        length = torch.where(entity, len_e, len_p)
+        kind = torch.where(entity, kind_e, kind_p)
+        inside = source >= 0
+        src = source.clamp(min=0)
+        out_tag = torch.where(inside, tag.flatten()[src], -1)
+        start = complete_runs(out_tag, torch.where(inside, length.flatten()[src], 0))
+        out_kind = torch.where(start >= 0, kind.flatten()[src], -1)
+        from_pre = inside & has[src // width]
+        return start, out_kind, from_pre
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Tensor]:
+        seg, ids, source, width = self._pairs(examples)
+        batch, length = ids.shape
+        content = seg.attention_mask.bool() & ~seg.special_mask
+        pre_start, pre_kind, from_pre = self._precomputed(examples, source, width)
+        if self.matcher is not None:
+            found = self.matcher.match(ids, seg.word_ids, candidates=content & ~from_pre)
+            start = torch.where(from_pre, pre_start, found.start)
+            kind = torch.where(from_pre, pre_kind, found.kind)
+        else:
+            start, kind = pre_start, pre_kind
+        level = torch.multinomial(
+            self.current_mix(), batch, replacement=True, generator=self.generator
+        )
+        active = (start >= 0) & (
+            ((level == PHRASE_LEVEL).unsqueeze(1) & (kind == PHRASE))
+            | ((level == ENTITY_LEVEL).unsqueeze(1) & (kind == ENTITY))
+        )
+        if self.basic_unit == "word":
+            basic = torch.where(content, seg.word_ids, -1)
+        else:
+            basic = torch.where(content, torch.arange(length).expand(batch, length), -1)
+        units = span_units(basic, start, active)
+        if self.exact_count:
+            counts = masking.exact_counts(
+                content.sum(dim=1), self.mlm_probability, self.max_predictions
+            )
+            selected = select_units(
+                content, units, counts, self.generator, self.selection_passes
+            )
+        else:
+            selected = masking.select_bernoulli(
+                content, self.mlm_probability, self.generator, units
+            )
+        input_ids, labels = masking.corrupt(
+            ids, selected, self.generator, self.mask_id, self.random_ids,
+            self.mask_rate, self.random_rate,
+        )
+        out = {
+            "input_ids": input_ids,
+            "attention_mask": seg.attention_mask,
+            "token_type_ids": seg.token_type_ids,
+            "labels": labels,
+        }
+        if seg.sentence_label is not None:
+            out["next_sentence_label"] = seg.sentence_label
+        if self.return_spans:
+            out["span_start"] = torch.where(active, start, -1)
+        if self.return_level:
+            out["masking_level"] = level
+        return out

@@ -1,0 +1,227 @@
+"""ERNIE: masked fraction per level, whole phrase/entity units, precomputed spans, the level
+schedule across DataLoader workers, training and export."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import falling, metric_series
+
+from plmkit.collator import IGNORE_INDEX
+from plmkit.lexicon import PhraseMatcher
+from plmkit.plugins.ernie import ErnieCollator
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(request):
+    """Collator tests run single-threaded, as collators do in DataLoader workers (much faster
+    on a busy 2-core machine); training tests keep the default."""
+    if "training" in request.node.name:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def matcher(tokenizer):
+    return PhraseMatcher.from_tokenizer(tokenizer)  # the bundled WordNet lexicon
+
+
+def _batches(collator, examples, rounds=4, batch=32):
+    return [
+        collator(examples[i : i + batch])
+        for _ in range(rounds)
+        for i in range(0, len(examples) - batch + 1, batch)
+    ]
+
+
+def _content(batch, tokenizer):
+    special = torch.tensor([tokenizer.cls_token_id, tokenizer.sep_token_id,
+                            tokenizer.pad_token_id])
+    masked_special = torch.isin(batch["input_ids"], special) & (batch["labels"] == IGNORE_INDEX)
+    return batch["attention_mask"].bool() & ~masked_special
+
+
+def _spans_whole(batch) -> tuple[int, int]:
+    """Assert every span masked as one unit is all-or-none; return (spans, masked spans)."""
+    labelled = batch["labels"] != IGNORE_INDEX
+    start = batch["span_start"]
+    inside = start >= 0
+    index = start.clamp(min=0)
+    size = torch.zeros_like(start).scatter_add_(1, index, inside.long())
+    hit = torch.zeros_like(start).scatter_add_(1, index, (inside & labelled).long())
+    spans = size > 0
+    assert ((hit == 0) | (hit == size))[spans].all(), "part of a span was masked"
+    return int(spans.sum()), int((spans & (hit == size)).sum())
+
+
+@pytest.mark.parametrize("level", ["token", "phrase", "entity"])
+def test_masked_fraction_and_whole_spans(tokenizer, make_examples, matcher, level):
+    examples = make_examples(125)
+    collator = ErnieCollator.from_tokenizer(
+        tokenizer, matcher=matcher, level_mix={level: 1.0}, return_spans=True,
+        return_level=True, seed=1,
+    )
+    selected = real = spans = masked_spans = 0
+    for b in _batches(collator, examples, rounds=2):
+        assert (b["masking_level"] == ["token", "phrase", "entity"].index(level)).all()
+        selected += int((b["labels"] != IGNORE_INDEX).sum())
+        real += int(_content(b, tokenizer).sum())
+        n, m = _spans_whole(b)
+        spans, masked_spans = spans + n, masked_spans + m
+    assert abs(selected / real - 0.15) < 0.01
+    if level == "token":
+        assert spans == 0
+    else:  # units exist and are masked at roughly the unit rate
+        assert spans > 40 and masked_spans > 3
+
+
+def test_basic_units_are_whole_words(tokenizer, make_examples, matcher):
+    examples = make_examples(126, n=64)
+    collator = ErnieCollator.from_tokenizer(
+        tokenizer, matcher=matcher, level_mix={"phrase": 1.0}, sentence_task=None,
+        short_seq_prob=0.0, seed=2,
+    )
+    b = collator(examples)
+    for row, ex in enumerate(examples):
+        n = len(ex["input_ids"])
+        labelled = b["labels"][row, 1 : n + 1] != IGNORE_INDEX
+        assert torch.equal(b["labels"][row, 1 : n + 1][labelled], ex["input_ids"][labelled])
+        for w in ex["word_ids"].unique():
+            inside = labelled[ex["word_ids"] == w]
+            assert inside.all() or not inside.any()
+
+
+def test_precomputed_entity_spans(tokenizer, make_examples):
+    # blocks of 130 raw tokens, single segments of at most 126: long blocks get truncated
+    examples = [dict(e) for e in make_examples(130, n=64)]
+    for i, e in enumerate(examples):
+        starts = torch.arange(i % 5, len(e["input_ids"]), 10)  # spans of 2..4 tokens
+        e["entity_spans"] = torch.stack([starts, starts + 2 + (starts % 3)], dim=1)
+    before = copy.deepcopy(examples)
+    collator = ErnieCollator.from_tokenizer(
+        tokenizer, lexicon="none", level_mix={"entity": 1.0}, sentence_task=None,
+        short_seq_prob=0.0, basic_unit="token", return_spans=True, seed=3,
+    )
+    assert collator.matcher is None
+    masked_spans = cut = 0
+    for _ in range(4):
+        b = collator(examples)
+        labelled = b["labels"] != IGNORE_INDEX
+        for row, e in enumerate(examples):
+            n = min(len(e["input_ids"]), 126)  # what the input holds
+            for s, t in e["entity_spans"].tolist():
+                t = min(t, len(e["input_ids"]))  # offsets are clipped to the example
+                if s >= n:
+                    continue
+                if t > n:  # cut by truncation: not a unit
+                    assert (b["span_start"][row, 1 + s : 1 + n] == -1).all()
+                    cut += 1
+                    continue
+                inside = labelled[row, 1 + s : 1 + t]
+                assert inside.all() or not inside.any()
+                assert (b["span_start"][row, 1 + s : 1 + t] == 1 + s).all()
+                masked_spans += int(inside.all())
+        assert abs(labelled.sum().item() / _content(b, tokenizer).sum().item() - 0.15) < 0.02
+    assert masked_spans > 50 and cut > 0
+    for a, c in zip(examples, before):
+        for key in a:
+            assert torch.equal(a[key], c[key])
+
+
+def test_precomputed_spans_survive_pairing(tokenizer, make_examples):
+    """With NSP pairs (swaps, other-document B, truncation) a span is whole or dropped."""
+    examples = [dict(e) for e in make_examples(125, n=64)]
+    for e in examples:
+        starts = torch.arange(0, max(len(e["input_ids"]) - 3, 0), 7)
+        e["entity_spans"] = torch.stack([starts, starts + 3], dim=1)
+    collator = ErnieCollator.from_tokenizer(
+        tokenizer, lexicon="none", level_mix={"entity": 1.0}, return_spans=True, seed=4
+    )
+    spans = 0
+    for b in _batches(collator, examples, rounds=2):
+        n, _ = _spans_whole(b)
+        spans += n
+        # every unit is exactly 3 contiguous tokens
+        start = b["span_start"]
+        for s in start[start >= 0].unique().tolist():
+            sizes = (start == s).sum(dim=1)
+            assert set(sizes[sizes > 0].tolist()) == {3}
+    assert spans > 500
+
+
+def test_level_schedule_reaches_workers(tokenizer, make_examples, matcher):
+    examples = make_examples(125, n=96)
+    collator = ErnieCollator.from_tokenizer(
+        tokenizer, matcher=matcher, return_level=True, seed=5,
+        level_schedule=[(0, {"token": 1.0}), (100, {"phrase": 1.0}), (200, {"entity": 1.0})],
+    )
+    assert torch.equal(collator.current_mix(), torch.tensor([1.0, 0, 0], dtype=torch.float64))
+    loader = torch.utils.data.DataLoader(
+        examples, batch_size=32, collate_fn=collator, num_workers=2, persistent_workers=True
+    )
+    levels = torch.cat([b["masking_level"] for b in loader])
+    assert (levels == 0).all()
+    collator.set_step(150)  # the workers are already running: shared memory carries it
+    levels = torch.cat([b["masking_level"] for b in loader])
+    assert (levels == 1).all()
+    collator.set_step(250)
+    assert (torch.cat([b["masking_level"] for b in loader]) == 2).all()
+
+
+def test_collator_imports_without_lightning():
+    code = ("import sys; from plmkit.plugins.ernie import ErnieCollator; "
+            "assert 'lightning' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_dataloader_workers_seed_and_no_mutation(tokenizer, make_examples, matcher):
+    examples = make_examples(125, n=128)
+    before = copy.deepcopy(examples)
+
+    def labels(seed):
+        collator = ErnieCollator.from_tokenizer(tokenizer, matcher=matcher, seed=seed)
+        loader = torch.utils.data.DataLoader(
+            examples, batch_size=32, collate_fn=collator, num_workers=2
+        )
+        return [b["labels"] for b in loader]
+
+    first, again, other = labels(7), labels(7), labels(8)
+    assert all(torch.equal(x, y) for x, y in zip(first, again))
+    assert not all(torch.equal(x, y) for x, y in zip(first, other))
+    collator = ErnieCollator.from_tokenizer(tokenizer, matcher=matcher, seed=7)
+    same = torch.utils.data.DataLoader(
+        [examples[:32], examples[:32]], batch_size=None, collate_fn=collator, num_workers=2
+    )
+    w0, w1 = list(same)
+    assert not torch.equal(w0["labels"], w1["labels"])
+    for a, b in zip(examples, before):
+        for key in a:
+            assert torch.equal(a[key], b[key])
+
+
+def test_training_lowers_loss_and_exports(tiny_fit, run_plmkit, tmp_path):
+    from transformers import AutoModel, AutoTokenizer
+
+    run = tiny_fit(
+        "ernie_tiny", "--model.init_args.level_schedule",
+        "[[0, {token: 1.0}], [30, {phrase: 0.5, entity: 0.5}]]", steps=60,
+    )
+    assert falling(metric_series(run, "train/loss"))
+    assert falling(metric_series(run, "train/mlm_loss"))
+    phrase_rows = metric_series(run, "train/rows_phrase")
+    assert max(phrase_rows[:25]) == 0 and sum(phrase_rows[-20:]) > 0  # the schedule moved
+    out = tmp_path / "export"
+    code, _, err = run_plmkit("export", run / "checkpoints" / "last.ckpt", out)
+    assert code == 0, err
+    model = AutoModel.from_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    hidden = model(**tokenizer(["New York City"], return_tensors="pt")).last_hidden_state
+    assert hidden.shape[-1] == 128 and torch.isfinite(hidden).all()
