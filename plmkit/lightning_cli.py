@@ -9,6 +9,10 @@ It adds ``--recipe`` (resolved by :mod:`plmkit.cli`), a checkpoint callback expo
     <run dir>/checkpoints/       every-N-steps checkpoints and last.ckpt
     <run dir>/logs/version_K/    TensorBoard events and metrics.csv, one folder per attempt
 
+Checkpoints are written atomically (:mod:`plmkit.checkpoint_io`), strategies are picked with one
+flag (:mod:`plmkit.distributed`, docs/distributed.md), and a resume is checked before anything
+is written: the checkpoint's objective and tokenizer must match the command line.
+
 It also turns argument errors into one-line PlmkitErrors.
 """
 
@@ -20,12 +24,21 @@ from pathlib import Path
 from typing import Any
 
 from jsonargparse import ArgumentError
+from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+from plmkit.checkpoint_io import AtomicCheckpointIO, PlmkitModelCheckpoint
 from plmkit.data.datamodule import PretrainDataModule
-from plmkit.data.tokenizer import tokenizer_from_state
+from plmkit.data.tokenizer import (
+    add_special_tokens,
+    load_tokenizer,
+    tokenizer_digest,
+    tokenizer_from_state,
+)
+from plmkit.distributed import resolve_strategy  # also registers --trainer.strategy fsdp2
 from plmkit.errors import PlmkitError
 from plmkit.export import read_checkpoint
 from plmkit.objective import Objective
@@ -96,11 +109,14 @@ class PlmkitCLI(LightningCLI):
             "--overwrite", type=bool, default=False,
             help="start a new run in a run folder that already holds checkpoints",
         )
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(PlmkitModelCheckpoint, "checkpoint")
         parser.set_defaults({
             "checkpoint.every_n_train_steps": 500,
             "checkpoint.save_last": True,
             "checkpoint.save_top_k": 1,
+            # always last.ckpt, never last-v1.ckpt: a run folder that was moved or copied
+            # would otherwise resume into a new name and '--ckpt_path last' find the old one
+            "checkpoint.enable_version_counter": False,
         })
 
     def _parse_ckpt_path(self) -> None:
@@ -130,7 +146,16 @@ class PlmkitCLI(LightningCLI):
             if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
                 callback.dirpath = str(run_dir / "checkpoints")
         callbacks = [*callbacks, SaveTokenizer()]
-        return super()._instantiate_trainer(config, callbacks)
+        config["strategy"] = resolve_strategy(config.get("strategy", "auto"))
+        config["plugins"] = _with_atomic_checkpoint_io(config.get("plugins"),
+                                                       config.get("strategy"))
+        try:
+            return super()._instantiate_trainer(config, callbacks)
+        # e.g. FSDPStrategy on CPU, an unknown strategy name, devices that do not exist
+        except (MisconfigurationException, ValueError) as exc:
+            hint = ("; on CPU use --trainer.strategy fsdp2 or ddp"
+                    if "fsdp" in str(exc).lower() else "")
+            raise PlmkitError(f"invalid trainer settings: {_first_line(exc)}{hint}") from exc
 
     def _checkpoint_dir(self) -> Path:
         callback = self.trainer.checkpoint_callback
@@ -159,11 +184,29 @@ class PlmkitCLI(LightningCLI):
                 f"checkpoint {path} was trained with objective '{meta.get('objective')}', not "
                 f"'{self.model.objective_name}'; resume it with its own recipe"
             )
-        self.datamodule.use_tokenizer(tokenizer_from_state(meta))
+        stored = tokenizer_from_state(meta)
+        self._check_tokenizer(stored, path)
+        self.datamodule.use_tokenizer(stored)
         sub["ckpt_path"] = str(path)
         return str(path)
 
+    def _check_tokenizer(self, stored: Any, path: Path) -> None:
+        """A resume trains with the checkpoint's tokenizer; an explicit ``--data.tokenizer``
+        must be that same tokenizer (after the objective's special tokens are added)."""
+        given_path = getattr(self.datamodule, "tokenizer_path", None)
+        if not given_path:
+            return
+        given = load_tokenizer(given_path)
+        add_special_tokens(given, self.model.special_tokens())
+        if tokenizer_digest(given) != tokenizer_digest(stored):
+            raise PlmkitError(
+                f"--data.tokenizer {given_path} ({len(given)} entries) is not the tokenizer "
+                f"checkpoint {path} was trained with ({len(stored)} entries); resume without "
+                "--data.tokenizer (the checkpoint's tokenizer is used) or start a new run"
+            )
+
     def before_fit(self) -> None:
+        self.datamodule.check_max_length(self.model)  # before anything is written
         ckpt = self._resolve_ckpt()
         overwrite = self.config_init[self.subcommand].get("overwrite")
         existing = sorted(self._checkpoint_dir().glob("*.ckpt"))
@@ -178,10 +221,28 @@ class PlmkitCLI(LightningCLI):
         self._resolve_ckpt()
 
     def after_fit(self) -> None:
-        if self.trainer.is_global_zero:
-            last = self._checkpoint_dir() / "last.ckpt"
+        last = self._checkpoint_dir() / "last.ckpt"
+        if self.trainer.is_global_zero and last.exists():
             print(f"checkpoints: {self._checkpoint_dir()}", file=sys.stderr)
             print(f"export with: plmkit export {last} <out_dir>", file=sys.stderr)
+
+
+def _with_atomic_checkpoint_io(plugins: Any, strategy: Any) -> list[Any]:
+    """The trainer's plugins plus :class:`AtomicCheckpointIO`, unless a CheckpointIO is set."""
+    if plugins is None:
+        plugins = []
+    elif not isinstance(plugins, list):
+        plugins = [plugins]
+    if any(isinstance(p, CheckpointIO) for p in plugins):
+        return plugins
+    if getattr(strategy, "_checkpoint_io", None) is not None:  # a strategy object with its own
+        return plugins
+    return [*plugins, AtomicCheckpointIO()]
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
 
 
 def _one_line(message: str) -> str:

@@ -11,10 +11,20 @@ A method supplies, by overriding the abstract methods below:
   * ``block_classes``      its repeated blocks (FSDP wrapping, activation checkpointing);
   * ``flops_per_token``    training FLOPs per token (for MFU); a 6N + attention default exists;
   * ``export``             how to write it in Hugging Face format; ``save_pretrained`` default.
+
+Optional hooks with defaults: ``block_length``, ``special_tokens``, ``max_positions`` (the
+longest input the model supports; checked against ``data.max_length`` before training).
+
+Distribution (see :mod:`plmkit.distributed` and docs/distributed.md) is the strategy's business:
+``configure_model`` shards the model with FSDP2 when Lightning's ``ModelParallelStrategy``
+hands it a device mesh, and fills in ``FSDPStrategy``'s wrap policy from ``block_classes``.
+With several ranks the logged training metrics are averaged over the ranks, and a non-finite
+loss on any rank is seen by all of them (``on_nonfinite``: stop or skip the step).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 import warnings
@@ -32,7 +42,13 @@ from transformers import PreTrainedTokenizerFast, get_scheduler
 from plmkit.data.tokenizer import tokenizer_to_state
 from plmkit.errors import PlmkitError
 
+log = logging.getLogger("plmkit")
+
 Packing = Literal["document", "stream"]
+OnNonFinite = Literal["stop", "skip"]
+
+#: ``on_nonfinite="skip"`` stops anyway after this many non-finite losses in a row.
+MAX_CONSECUTIVE_SKIPS = 100
 
 
 @dataclass(frozen=True)
@@ -75,12 +91,24 @@ class Objective(L.LightningModule, ABC):
     packing: ClassVar[Packing] = "document"
 
     def __init__(
-        self, optim: OptimConfig | dict[str, Any] | None = None, compile: bool = False
+        self,
+        optim: OptimConfig | dict[str, Any] | None = None,
+        compile: bool = False,
+        on_nonfinite: OnNonFinite = "stop",
+        activation_checkpointing: bool = False,
     ) -> None:
         """
         Args:
             optim: optimizer and learning-rate schedule settings.
-            compile: wrap the model with ``torch.compile``.
+            compile: ``torch.compile`` each repeated block (``block_classes``) in place;
+                measured on CPU in docs/benchmarks.md.
+            on_nonfinite: what a NaN/inf training loss does: ``stop`` the run with a one-line
+                error naming the step (the last checkpoint is kept), or ``skip`` the step (its
+                gradients are dropped before the optimizer step, so no parameter or optimizer
+                state changes; the step still counts towards max_steps and the LR schedule;
+                ``train/nonfinite_skipped`` counts them; after 100 in a row the run stops).
+            activation_checkpointing: recompute each block (``block_classes``) in the
+                backward pass instead of storing its activations.
         """
         super().__init__()
         # Collects the subclass's init arguments too; the optimizer settings are stored as a
@@ -91,6 +119,14 @@ class Objective(L.LightningModule, ABC):
         self.optim = optim or OptimConfig()
         self.hparams["optim"] = asdict(self.optim)
         self.compile = compile
+        if on_nonfinite not in ("stop", "skip"):
+            raise PlmkitError(f"model.on_nonfinite must be 'stop' or 'skip', got {on_nonfinite!r}")
+        self.on_nonfinite = on_nonfinite
+        self.activation_checkpointing = activation_checkpointing
+        self.nonfinite_skipped = 0
+        self._nonfinite_streak = 0
+        self._drop_gradients = False
+        self._sharded_root: nn.Module | None = None  # FSDP2's root unit, see configure_model
         self.model: nn.Module | None = None
         self.tokenizer: PreTrainedTokenizerFast | None = None
         self.max_length: int = 0
@@ -127,6 +163,16 @@ class Objective(L.LightningModule, ABC):
     def special_tokens(self) -> list[str]:
         """Extra special tokens this objective needs in the vocabulary (e.g. sentinels)."""
         return []
+
+    def max_positions(self) -> int | None:
+        """The longest model input (``data.max_length``) this objective's model supports.
+
+        ``None`` means no limit (relative positions). The default is the objective's
+        ``max_position_embeddings`` argument when it has one; a longer ``data.max_length`` is
+        a one-line error before training instead of a silently grown position table.
+        """
+        value = getattr(self, "max_position_embeddings", None)
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
 
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per token: 6N for the weights plus the attention scores.
@@ -170,9 +216,45 @@ class Objective(L.LightningModule, ABC):
                 "the objective has no tokenizer: use it with plmkit's PretrainDataModule "
                 "or call attach_tokenizer() first"
             )
+        from plmkit import distributed
+
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        # FSDPStrategy: wrap policy (and activation checkpointing) from block_classes()
+        distributed.adapt_strategy(strategy, self)
         self.model = self.build_model()
+        mesh = self._device_mesh  # set by ModelParallelStrategy before configure_model
+        if mesh is not None:
+            # the root unit runs compute_loss as its forward (see distributed.LossModule);
+            # kept out of the module tree so that parameter names do not change
+            root = distributed.parallelize(
+                self.model, mesh, self.block_classes(),
+                activation_checkpointing=self.activation_checkpointing, compile=self.compile,
+                root=distributed.LossModule(self),
+            )
+            object.__setattr__(self, "_sharded_root", root)
+            return
+        if self.activation_checkpointing and not distributed.strategy_checkpoints(strategy):
+            distributed.apply_activation_checkpointing(self.model, self.block_classes())
         if self.compile:
-            self.model = torch.compile(self.model)  # type: ignore[assignment]
+            self._compile_blocks()
+
+    def _compile_blocks(self) -> None:
+        """``torch.compile`` each repeated block in place (``module.compile()``).
+
+        Not ``torch.compile(self.model)``: ``compute_loss`` usually calls submodules
+        (``model.bert(...)``, a head at the masked positions), which a wrapper around the
+        whole model never sees, and the wrapper renames every parameter (``_orig_mod.``) so
+        checkpoints of compiled and eager runs would not load into each other. Compiled in
+        place, identical blocks share one compiled graph (shapes are fixed by the batch), the
+        masked-position gathers stay eager, and the parameter names do not change. Without
+        block classes the model's own ``forward`` is compiled in place.
+        """
+        from plmkit import distributed
+
+        assert self.model is not None
+        found = distributed.blocks(self.model, self.block_classes())
+        for block in found or [self.model]:
+            block.compile()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         assert self.tokenizer is not None
@@ -183,10 +265,12 @@ class Objective(L.LightningModule, ABC):
             # Lightning keeps no RNG state; dropout after a resume must match an unbroken run.
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "nonfinite_skipped": self.nonfinite_skipped,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         meta = checkpoint.get("plmkit", {})
+        self.nonfinite_skipped = int(meta.get("nonfinite_skipped", 0))
         if "rng_cpu" in meta:
             torch.set_rng_state(meta["rng_cpu"])
         if meta.get("rng_cuda") and torch.cuda.is_available():
@@ -195,29 +279,82 @@ class Objective(L.LightningModule, ABC):
     # --------------------------------------------------------------------------- the loop
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         num_tokens = batch.pop("_num_tokens", None)
-        loss, metrics = self.compute_loss(batch)
-        self._check_finite(loss)
-        self.log("train/loss", loss, prog_bar=True)
+        loss, metrics = self.loss_and_metrics(batch)
+        # one all-reduce for the loss and every metric (none with a single process): the
+        # logged values are the mean over ranks, and all ranks see a non-finite loss together
+        logged_loss, metrics = self._mean_over_ranks(loss, metrics)
+        if not self._check_finite(logged_loss):
+            # on_nonfinite="skip": the backward pass still runs (Lightning forbids skipping it
+            # with several ranks), on_before_optimizer_step then drops the gradients
+            self._drop_gradients = True
+            return loss
+        self.log("train/loss", logged_loss, prog_bar=True)
         for name, value in metrics.items():
             self.log(f"train/{name}", value)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"])  # type: ignore[union-attr]
+        if self.on_nonfinite == "skip":
+            self.log("train/nonfinite_skipped", float(self.nonfinite_skipped))
         self._log_throughput(num_tokens)
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         batch.pop("_num_tokens", None)
-        loss, metrics = self.compute_loss(batch)
+        loss, metrics = self.loss_and_metrics(batch)
         self.log("val/loss", loss, prog_bar=True, sync_dist=True)
         for name, value in metrics.items():
             self.log(f"val/{name}", value, sync_dist=True)
 
-    def _check_finite(self, loss: Tensor) -> None:
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        """Drop every gradient of a step whose loss was non-finite (``on_nonfinite="skip"``):
+        the optimizer then leaves every parameter and its state as they were. A subclass that
+        overrides this hook must call ``super().on_before_optimizer_step(optimizer)``."""
+        if self._drop_gradients:
+            self._drop_gradients = False
+            for param in self.parameters():
+                param.grad = None
+
+    def loss_and_metrics(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
+        """``compute_loss(batch)``, through the FSDP2 root unit when the model is sharded."""
+        if self._sharded_root is not None:
+            return self._sharded_root(batch)
+        return self.compute_loss(batch)
+
+    def _mean_over_ranks(
+        self, loss: Tensor, metrics: dict[str, Any]
+    ) -> tuple[Tensor, dict[str, Any]]:
+        trainer = self._trainer
+        if trainer is None or trainer.world_size < 2:
+            return loss.detach(), metrics
+        names = list(metrics)
+        values = torch.stack([loss.detach().float().reshape(()), *(
+            torch.as_tensor(metrics[n], device=loss.device).detach().float().reshape(())
+            for n in names
+        )])
+        values = trainer.strategy.reduce(values, reduce_op="mean")
+        return values[0], dict(zip(names, values[1:]))
+
+    def _check_finite(self, loss: Tensor) -> bool:
+        """True for a finite loss; else stop (PlmkitError) or count a skipped step."""
         # A host sync, but one scalar per step is cheap next to losing a run to NaNs.
-        if not torch.isfinite(loss.detach()).item():
+        if torch.isfinite(loss).item():
+            self._nonfinite_streak = 0
+            return True
+        if self.on_nonfinite == "skip" and self._nonfinite_streak < MAX_CONSECUTIVE_SKIPS:
+            self._nonfinite_streak += 1
+            self.nonfinite_skipped += 1
+            log.warning("the loss is %s at step %d: step skipped (%d so far)", loss.item(),
+                        self.global_step, self.nonfinite_skipped)
+            return False
+        if self.on_nonfinite == "skip":
             raise PlmkitError(
-                f"the loss became {loss.item()} at step {self.global_step}; the last good "
-                "checkpoint is kept: lower the learning rate or use bf16-mixed instead of 16-mixed"
+                f"the loss was non-finite {MAX_CONSECUTIVE_SKIPS} times in a row (last at step "
+                f"{self.global_step}); the last good checkpoint is kept: lower the learning rate"
             )
+        raise PlmkitError(
+            f"the loss became {loss.item()} at step {self.global_step}; the last good "
+            "checkpoint is kept: lower the learning rate, use bf16-mixed instead of 16-mixed, "
+            "or pass --model.on_nonfinite skip"
+        )
 
     def _log_throughput(self, num_tokens: int | None) -> None:
         now = time.perf_counter()

@@ -290,12 +290,14 @@ def test_training_lowers_both_losses(trained):
 
 
 def test_discriminator_beats_all_original_baseline(trained):
-    """Over the last 50 steps the discriminator's BCE is below the base-rate entropy, the loss
-    of the best constant predictor ("original" everywhere at the replaced rate): it tells
-    replaced tokens from original ones better than the all-original baseline can."""
-    disc = metric_series(trained, "train/disc_loss")[-50:]
-    baseline = _base_rate_entropy(metric_series(trained, "train/replaced_frac")[-50:])
-    assert sum(disc) / len(disc) < 0.985 * sum(baseline) / len(baseline)
+    """The discriminator's BCE is below the base-rate entropy, the loss of the best constant
+    predictor ("original" everywhere at the replaced rate): it tells replaced tokens from
+    original ones better than the all-original baseline can, both over the run and at its
+    end (where the generator it judges has learned the unigram distribution)."""
+    disc = metric_series(trained, "train/disc_loss")
+    baseline = _base_rate_entropy(metric_series(trained, "train/replaced_frac"))
+    assert sum(disc[10:]) < 0.97 * sum(baseline[10:])
+    assert sum(disc[-50:]) < sum(baseline[-50:])
 
 
 def test_checkpoint_reload_keeps_sharing(trained):

@@ -112,8 +112,8 @@ def test_dynamic_masking_across_epochs(tokenizer, stream_examples):
         for _ in range(epochs):
             by_block = {}
             for batch in loader:
-                epoch, position = batch.pop(POSITION_KEY)
-                loader.mark_consumed((epoch, position))
+                epoch, position, number = batch.pop(POSITION_KEY)
+                loader.mark_consumed((epoch, position, number))
                 ids = loader.order(epoch)[position * 16 : (position + 1) * 16]
                 for row, index in enumerate(ids):
                     assert torch.equal(_restore(batch)[row, 1:-1], examples[index]["input_ids"])

@@ -118,8 +118,28 @@ def fingerprint(kind: str, files: list[Path], **settings: object) -> str:
     return digest.hexdigest()[:16]
 
 
+def _span_offsets(span: object) -> tuple[int, int]:
+    """``[start, end, ...]`` or ``{"start": .., "end": ..}`` -> ``(start, end)``."""
+    if isinstance(span, dict) and "start" in span and "end" in span:
+        return int(span["start"]), int(span["end"])
+    if isinstance(span, (list, tuple)) and len(span) >= 2:
+        return int(span[0]), int(span[1])
+    raise ValueError(
+        f"an entity span must be [start, end] or {{'start': .., 'end': ..}}, got {span!r}"
+    )
+
+
 def _strip(batch: dict[str, list]) -> dict[str, list]:
-    return {"text": [(t or "").strip() for t in batch["text"]]}
+    texts = [t or "" for t in batch["text"]]
+    out: dict[str, list] = {"text": [t.strip() for t in texts]}
+    if "entities" in batch:
+        # character offsets follow the text when its leading whitespace is stripped
+        shifts = [len(t) - len(t.lstrip()) for t in texts]
+        out["entities"] = [
+            [[a - shift, b - shift] for a, b in map(_span_offsets, spans or [])]
+            for spans, shift in zip(batch["entities"], shifts)
+        ]
+    return out
 
 
 def _non_empty(batch: dict[str, list]) -> list[bool]:
@@ -131,9 +151,13 @@ def load_documents(
     text_field: str = "text",
     line_per_document: bool = False,
     cache_dir: str | Path | None = None,
+    entity_field: str | None = None,
 ) -> datasets.Dataset:
     """Read the corpus into a Dataset with one ``text`` column, one row per document.
 
+    With ``entity_field`` (.jsonl / .parquet / saved datasets), that field's precomputed spans
+    are kept as an ``entities`` column: a list of ``[start, end)`` character offsets into the
+    document's text (extra items per span, e.g. a label, are ignored).
     Empty documents are dropped; an empty corpus is a PlmkitError.
     """
     kind, files = resolve_corpus(spec)
@@ -173,10 +197,24 @@ def load_documents(
         )
     if text_field != "text":
         ds = ds.rename_column(text_field, "text")
-    ds = ds.select_columns(["text"])
+    columns = ["text"]
+    if entity_field is not None:
+        if entity_field not in ds.column_names:
+            raise PlmkitError(
+                f"corpus has no '{entity_field}' field for entity spans (it has: "
+                f"{', '.join(ds.column_names)}); set --data.entity_field or leave it unset"
+            )
+        if entity_field != "entities":
+            if "entities" in ds.column_names:
+                ds = ds.remove_columns("entities")
+            ds = ds.rename_column(entity_field, "entities")
+        columns.append("entities")
+    ds = ds.select_columns(columns)
     datasets.disable_progress_bars()
     try:
         ds = ds.map(_strip, batched=True).filter(_non_empty, batched=True)
+    except ValueError as exc:
+        raise PlmkitError(f"corpus field '{entity_field}': {exc}") from exc
     finally:
         datasets.enable_progress_bars()
     if len(ds) == 0:

@@ -2,12 +2,19 @@
 
 It asks the objective being trained (``trainer.lightning_module``) how to pack blocks and for
 its collator, and gives the objective the tokenizer before the model is built.
+
+With several processes, ``prepare_data`` (Lightning runs it on local rank 0 only, the other
+ranks wait) trains the tokenizer and tokenizes the corpus into the cache once; ``setup`` then
+reads the caches on every rank, and every rank uses rank 0's tokenizer (broadcast), so no two
+ranks can disagree on the vocabulary. Caches are written atomically (temporary folder, rename).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +23,7 @@ import numpy as np
 from transformers import PreTrainedTokenizerFast
 
 from plmkit.data import corpus as corpus_io
-from plmkit.data.loader import POSITION_KEY, ResumableLoader
+from plmkit.data.loader import POSITION_KEY, Collate, ResumableLoader
 from plmkit.data.packing import BlockDataset, pack
 from plmkit.data.preprocess import TokenizedCorpus, cached_tokenize
 from plmkit.data.tokenizer import (
@@ -24,6 +31,8 @@ from plmkit.data.tokenizer import (
     add_special_tokens,
     load_tokenizer,
     tokenizer_digest,
+    tokenizer_from_state,
+    tokenizer_to_state,
     train_tokenizer,
 )
 from plmkit.errors import PlmkitError
@@ -52,10 +61,12 @@ class PretrainDataModule(L.LightningDataModule):
         max_documents: int | None = None,
         line_per_document: bool = False,
         text_field: str = "text",
+        entity_field: str | None = None,
         num_workers: int = 1,
         num_proc: int | None = None,
         cache_dir: str | None = None,
         seed: int = 0,
+        collate: Collate = "global",
     ) -> None:
         """
         Args:
@@ -72,11 +83,19 @@ class PretrainDataModule(L.LightningDataModule):
             line_per_document: in .txt files, every line is a document (default: blank-line
                 separated blocks, one sentence per line).
             text_field: the text column of .jsonl / .parquet / saved datasets.
+            entity_field: a column of .jsonl / .parquet / saved datasets holding each
+                document's precomputed entity spans as character offsets into its text,
+                ``[[start, end], ...]`` (or ``[start, end, label]`` / ``{"start", "end"}``);
+                they reach the collator as ``entity_ids`` (ERNIE masks each as one unit).
             num_workers: DataLoader worker processes.
             num_proc: processes used to tokenize (default: up to 4).
             cache_dir: where tokenizers and tokenized corpora are cached
                 (default ``$PLMKIT_CACHE`` or ``~/.cache/plmkit``).
             seed: seed of the shuffling, the masks and the validation split.
+            collate: with several ranks, ``global`` (default): every rank collates the whole
+                global batch and keeps its rows, so masks do not depend on the number of
+                ranks; ``local``: each rank collates only its rows (less work on many ranks,
+                masks depend on the world size). See :mod:`plmkit.data.loader`.
         """
         super().__init__()
         if max_length < 8:
@@ -91,10 +110,15 @@ class PretrainDataModule(L.LightningDataModule):
         self.max_length, self.batch_size = max_length, batch_size
         self.val_fraction, self.max_documents = val_fraction, max_documents
         self.line_per_document, self.text_field = line_per_document, text_field
+        self.entity_field = entity_field
         self.num_workers, self.num_proc, self.seed = num_workers, num_proc, seed
+        if collate not in ("global", "local"):
+            raise PlmkitError(f"data.collate must be 'global' or 'local', got {collate!r}")
+        self.collate = collate
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         self.tokenizer: PreTrainedTokenizerFast | None = None
         self.cache_hit: bool | None = None
+        self.corpus_key: str | None = None
         self._loaders: dict[str, ResumableLoader] = {}
 
     # ------------------------------------------------------------------------ tokenizer
@@ -108,13 +132,15 @@ class PretrainDataModule(L.LightningDataModule):
             kind,
             files,
             text_field=self.text_field,
+            entity_field=self.entity_field,
             line_per_document=self.line_per_document,
             **extra,
         )
 
     def _documents(self):
         docs = corpus_io.load_documents(
-            self.corpus, self.text_field, self.line_per_document, self.cache_dir / "datasets"
+            self.corpus, self.text_field, self.line_per_document, self.cache_dir / "datasets",
+            entity_field=self.entity_field,
         )
         if self.max_documents is not None:
             docs = docs.select(range(min(self.max_documents, len(docs))))
@@ -141,7 +167,7 @@ class PretrainDataModule(L.LightningDataModule):
                     iter(docs["text"]), self.tokenizer_type, self.vocab_size, self.lowercase,
                     length=len(docs),
                 )
-                tokenizer.save_pretrained(str(path))
+                _save_atomically(tokenizer, path)
         add_special_tokens(tokenizer, extra_special)
         self.tokenizer = tokenizer
         return tokenizer
@@ -152,6 +178,7 @@ class PretrainDataModule(L.LightningDataModule):
         tokenizer = self._resolve_tokenizer(objective.special_tokens())
         key = self._corpus_key(tokenizer=tokenizer_digest(tokenizer),
                                max_documents=self.max_documents)
+        self.corpus_key = key
         corpus, self.cache_hit = cached_tokenize(
             self._documents, tokenizer.backend_tokenizer, self.cache_dir, key, self.num_proc
         )
@@ -173,13 +200,51 @@ class PretrainDataModule(L.LightningDataModule):
             held_out[-1] = True
         return np.flatnonzero(~held_out), np.flatnonzero(held_out)
 
+    def check_max_length(self, objective: Any) -> None:
+        """A one-line error when ``max_length`` exceeds what the objective's model supports."""
+        limit = objective.max_positions() if hasattr(objective, "max_positions") else None
+        if limit is not None and self.max_length > limit:
+            raise PlmkitError(
+                f"data.max_length {self.max_length} is above the {limit} positions of the "
+                f"{getattr(objective, 'objective_name', 'model')} model; lower --data.max_length "
+                f"or raise --model.max_position_embeddings to at least {self.max_length}"
+            )
+
+    def prepare_data(self) -> None:
+        """Fill the tokenizer and tokenized-corpus caches once, before ``setup``.
+
+        Lightning calls this on local rank 0 only while the other ranks wait, so several
+        processes never train the tokenizer or tokenize the corpus at the same time.
+        """
+        objective = self.trainer.lightning_module if self.trainer is not None else None
+        if objective is not None:
+            self.check_max_length(objective)
+            self.prepare(objective)
+
+    def _same_tokenizer_on_every_rank(self, objective: Any) -> TokenizedCorpus | None:
+        """Use rank 0's tokenizer on every rank (tokenizer training is not guaranteed to be
+        deterministic across machines); returns the corpus again when it had to change."""
+        strategy = self.trainer.strategy if self.trainer is not None else None
+        if strategy is None or self.trainer.world_size < 2:
+            return None
+        assert self.tokenizer is not None
+        state = strategy.broadcast(tokenizer_to_state(self.tokenizer), src=0)
+        if tokenizer_digest(tokenizer_from_state(state)) == tokenizer_digest(self.tokenizer):
+            return None
+        log.warning("rank %d built another tokenizer than rank 0; using rank 0's",
+                    self.trainer.global_rank)
+        self.tokenizer = tokenizer_from_state(state)
+        return self.prepare(objective)
+
     def setup(self, stage: str | None = None) -> None:
         if self._loaders:
             return
         objective = self.trainer.lightning_module if self.trainer is not None else None
         if objective is None:
             raise RuntimeError("PretrainDataModule.setup needs a Trainer with an objective")
+        self.check_max_length(objective)
         corpus = self.prepare(objective)
+        corpus = self._same_tokenizer_on_every_rank(objective) or corpus
         tokenizer = self.tokenizer
         assert tokenizer is not None
         objective.attach_tokenizer(tokenizer, self.max_length)
@@ -209,11 +274,15 @@ class PretrainDataModule(L.LightningDataModule):
                 world_size=world,
                 num_workers=self.num_workers,
                 pin_memory=True,
+                collate=self.collate,
             )
             log.info("%s: %d blocks, %d tokens", split, len(blocks), blocks.num_tokens)
 
     def train_dataloader(self) -> ResumableLoader:
-        return self._loaders["train"]
+        loader = self._loaders["train"]
+        if self.trainer is not None:  # the collators' step counts optimizer steps
+            loader.accumulate_grad_batches = int(self.trainer.accumulate_grad_batches)
+        return loader
 
     def val_dataloader(self) -> ResumableLoader | list:
         loader = self._loaders.get("val")
@@ -223,3 +292,28 @@ class PretrainDataModule(L.LightningDataModule):
         if isinstance(batch, dict) and POSITION_KEY in batch:
             self._loaders["train"].mark_consumed(batch.pop(POSITION_KEY))
         return batch
+
+    # ------------------------------------------------------------------ checkpoint state
+    def state_dict(self) -> dict[str, Any]:
+        """Stored in checkpoints: which tokenized corpus the run trained on."""
+        return {"corpus_key": self.corpus_key} if self.corpus_key else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = state_dict.get("corpus_key")
+        if saved and self.corpus_key and saved != self.corpus_key:
+            log.warning(
+                "the corpus (files, sizes or modification times) or its settings changed since "
+                "the checkpoint was written: training goes on, but not with the batches an "
+                "uninterrupted run would have seen"
+            )
+
+
+def _save_atomically(tokenizer: PreTrainedTokenizerFast, path: Path) -> None:
+    """``save_pretrained`` into a temporary folder renamed into place (no torn reads)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=".tmp-"))
+    tokenizer.save_pretrained(str(tmp))
+    try:
+        os.replace(tmp, path)
+    except OSError:  # another process saved it first; the two are the same tokenizer
+        shutil.rmtree(tmp, ignore_errors=True)

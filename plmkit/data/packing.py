@@ -10,7 +10,9 @@ Two modes (an objective picks one with its ``packing`` attribute):
 
 A :class:`BlockDataset` item is a collator example: ``input_ids``, ``word_ids``,
 ``sentence_ids`` and ``doc_ids`` (see :mod:`plmkit.collator`), all numbered from 0 inside
-the block. All of it is computed with NumPy over the whole corpus, not per token.
+the block, and ``entity_ids`` when the corpus has precomputed entity spans (-1 outside a span;
+a span cut by a block boundary keeps its part inside the block). All of it is computed with
+NumPy over the whole corpus, not per token.
 """
 
 from __future__ import annotations
@@ -33,10 +35,12 @@ class Blocks:
         doc_index: np.ndarray,
         starts: np.ndarray,
         ends: np.ndarray,
+        entity_run: np.ndarray | None = None,
     ) -> None:
         self.ids, self.word_start = ids, word_start
         self.sent_index, self.doc_index = sent_index, doc_index
         self.starts, self.ends = starts, ends
+        self.entity_run = entity_run
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -78,6 +82,9 @@ def pack(
     sent_index = sent_of_token[token_src]
     doc_index = np.repeat(np.arange(len(lengths)), lengths)
     offsets = np.concatenate([[0], np.cumsum(lengths)])
+    entity_run = None
+    if corpus.entity_id is not None:
+        entity_run = _entity_runs(np.asarray(corpus.entity_id)[token_src], doc_index)
 
     if mode == "document":
         per_doc = -(-lengths // block_length)
@@ -94,13 +101,23 @@ def pack(
         word_start = np.insert(word_start, positions, True)
         sent_index = np.insert(sent_index, positions, sent_index[positions - 1])
         doc_index = np.insert(doc_index, positions, doc_index[positions - 1])
+        if entity_run is not None:
+            entity_run = np.insert(entity_run, positions, -1)
         count = len(ids) // block_length
         starts = np.arange(count) * block_length
         ends = starts + block_length
     else:
         raise ValueError(f"unknown packing mode '{mode}': use 'document' or 'stream'")
     keep = (ends - starts) >= min_length
-    return Blocks(ids, word_start, sent_index, doc_index, starts[keep], ends[keep])
+    return Blocks(ids, word_start, sent_index, doc_index, starts[keep], ends[keep], entity_run)
+
+
+def _entity_runs(entity_id: np.ndarray, doc_index: np.ndarray) -> np.ndarray:
+    """Number every span (a run of one entity id inside one document) across the corpus."""
+    inside = entity_id >= 0
+    new = inside.copy()
+    new[1:] &= (entity_id[1:] != entity_id[:-1]) | (doc_index[1:] != doc_index[:-1])
+    return np.where(inside, np.cumsum(new) - 1, -1)
 
 
 class BlockDataset(Dataset):
@@ -117,9 +134,14 @@ class BlockDataset(Dataset):
         s, e = int(b.starts[index]), int(b.ends[index])
         word_start = b.word_start[s:e].copy()
         word_start[0] = True
-        return {
+        example = {
             "input_ids": torch.from_numpy(b.ids[s:e].astype(np.int64)),
             "word_ids": torch.from_numpy(np.cumsum(word_start) - 1),
             "sentence_ids": torch.from_numpy(b.sent_index[s:e] - b.sent_index[s]),
             "doc_ids": torch.from_numpy(b.doc_index[s:e] - b.doc_index[s]),
         }
+        if b.entity_run is not None:
+            run = b.entity_run[s:e]
+            first = run[run >= 0].min() if (run >= 0).any() else 0
+            example["entity_ids"] = torch.from_numpy(np.where(run >= 0, run - first, -1))
+        return example
