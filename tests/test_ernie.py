@@ -157,23 +157,123 @@ def test_precomputed_spans_survive_pairing(tokenizer, make_examples):
     assert spans > 500
 
 
-def test_level_schedule_reaches_workers(tokenizer, make_examples, matcher):
-    examples = make_examples(125, n=96)
+SCHEDULE = [(0, {"token": 1.0}), (3, {"phrase": 1.0}), (6, {"entity": 1.0})]
+
+
+def _expected_level(step: int) -> int:
+    return 0 if step < 3 else 1 if step < 6 else 2
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_level_schedule_is_exact_in_loader_workers(tokenizer, make_examples, matcher, accumulate):
+    """plmkit's loader gives every batch the optimizer step that trains on it, in the worker
+    that builds it: no prefetch lag, and a resumed loader continues the count."""
+    from plmkit.data.loader import POSITION_KEY, ResumableLoader
+
+    examples = make_examples(125, n=64)
+
+    def loader():
+        collator = ErnieCollator.from_tokenizer(
+            tokenizer, matcher=matcher, return_level=True, seed=5, level_schedule=SCHEDULE
+        )
+        ld = ResumableLoader(examples, collator, batch_size=8, seed=1, num_workers=2)
+        ld.accumulate_grad_batches = accumulate
+        return ld
+
+    def consume(ld, count):
+        levels = []
+        for batch in ld:
+            position = batch.pop(POSITION_KEY)
+            ld.mark_consumed(position)
+            levels.append((position[2], batch["masking_level"]))
+            if len(levels) == count:
+                break
+        return levels
+
+    first = loader()
+    seen = consume(first, 8) + consume(first, 8)  # crosses an epoch (8 batches each)
+    state = first.state_dict()
+    resumed = loader()
+    resumed.load_state_dict(state)
+    seen += consume(resumed, 4)
+    assert [number for number, _ in seen] == list(range(20))
+    for number, levels in seen:
+        assert (levels == _expected_level(number // accumulate)).all(), number
+
+
+def test_level_schedule_shared_counter_outside_plmkit(tokenizer, make_examples, matcher):
+    """A plain DataLoader's workers follow a shared step counter written by the trainer."""
+    counter = torch.zeros(1, dtype=torch.long).share_memory_()
     collator = ErnieCollator.from_tokenizer(
-        tokenizer, matcher=matcher, return_level=True, seed=5,
-        level_schedule=[(0, {"token": 1.0}), (100, {"phrase": 1.0}), (200, {"entity": 1.0})],
+        tokenizer, matcher=matcher, return_level=True, seed=5, level_schedule=SCHEDULE,
+        step_counter=counter,
     )
-    assert torch.equal(collator.current_mix(), torch.tensor([1.0, 0, 0], dtype=torch.float64))
     loader = torch.utils.data.DataLoader(
-        examples, batch_size=32, collate_fn=collator, num_workers=2, persistent_workers=True
+        make_examples(125, n=64), batch_size=32, collate_fn=collator, num_workers=2,
+        persistent_workers=True,
     )
-    levels = torch.cat([b["masking_level"] for b in loader])
-    assert (levels == 0).all()
-    collator.set_step(150)  # the workers are already running: shared memory carries it
-    levels = torch.cat([b["masking_level"] for b in loader])
-    assert (levels == 1).all()
-    collator.set_step(250)
-    assert (torch.cat([b["masking_level"] for b in loader]) == 2).all()
+    assert (torch.cat([b["masking_level"] for b in loader]) == 0).all()
+    counter[0] = 4  # the workers are already running: shared memory carries it
+    assert (torch.cat([b["masking_level"] for b in loader]) == 1).all()
+    collator.set_step(7)  # in the main process only: the workers keep the counter
+    assert (torch.cat([b["masking_level"] for b in loader]) == 1).all()
+    assert collator.current_mix()[2] == 1.0
+
+
+def test_entity_spans_from_a_jsonl_corpus(tmp_path, tokenizer):
+    """--data.entity_field: character offsets become token spans; ERNIE masks them whole."""
+    import json
+
+    import numpy as np
+
+    from plmkit.data.datamodule import PretrainDataModule
+    from plmkit.data.packing import BlockDataset, pack
+    from plmkit.plugins.ernie import ErnieObjective
+
+    names = ["new york city", "ada lovelace", "the royal society", "black sea"]
+    rows = []
+    for i in range(400):
+        spans, text = [], "  "  # leading blanks: offsets must follow the strip
+        for j in range(6):
+            name = names[(i + j) % len(names)]
+            filler = f"word{(i * 7 + j) % 50} and some plain text here"
+            text += filler + " "
+            spans.append([len(text), len(text) + len(name), "ENT"])
+            text += name + (" .\n" if j % 2 else " , ")
+        rows.append({"body": text, "ents": spans})
+    corpus = tmp_path / "entities.jsonl"
+    corpus.write_text("\n".join(json.dumps(r) for r in rows))
+
+    dm = PretrainDataModule(corpus=str(corpus), text_field="body", entity_field="ents",
+                            max_length=64, batch_size=16, num_workers=0, num_proc=1,
+                            val_fraction=0.0, cache_dir=str(tmp_path / "cache"))
+    dm.use_tokenizer(tokenizer)
+    corpus_arrays = dm.prepare(ErnieObjective(lexicon="none"))
+    assert corpus_arrays.entity_id is not None
+    dataset = BlockDataset(pack(corpus_arrays, np.arange(corpus_arrays.num_documents), 61))
+    name_ids = {tuple(tokenizer(n, add_special_tokens=False)["input_ids"]) for n in names}
+    spans = 0
+    for k in range(0, 200):
+        example = dataset[k]
+        ids, ent = example["input_ids"], example["entity_ids"]
+        for e in ent[ent >= 0].unique().tolist():
+            where = torch.nonzero(ent == e).squeeze(1)
+            assert (where.diff() == 1).all()  # contiguous
+            tokens = tuple(ids[where].tolist())
+            inside_block = 0 < where[0] and where[-1] < len(ids) - 1
+            if inside_block:  # spans cut by the block edge keep only their part
+                assert tokens in name_ids, tokenizer.decode(list(tokens))
+                spans += 1
+    assert spans > 300
+    # the collator masks every span from the corpus as one unit
+    collator = ErnieCollator.from_tokenizer(tokenizer, lexicon="none", max_length=64,
+                                            level_mix={"entity": 1.0}, return_spans=True)
+    examples = [dataset[k] for k in range(128)]
+    units = 0
+    for b in _batches(collator, examples, rounds=2):
+        n, masked = _spans_whole(b)
+        units += masked
+    assert units > 50
 
 
 def test_collator_imports_without_lightning():

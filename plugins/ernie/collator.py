@@ -23,21 +23,21 @@ basic-level (word) masking first, then phrase-level, then entity-level. Here:
   max(1, round(0.15 n)))`` with :func:`plmkit.lexicon.select_units` (whole units only, a unit
   that does not fit is skipped and the next tried), or Bernoulli(0.15) per unit with
   ``exact_count=False`` (the reader's rule). 80/10/10 is decided per token, as in the reader.
+* **From the corpus**: with ``--data.entity_field`` the data pipeline maps a jsonl/parquet
+  field of character-offset spans to tokens and the examples carry ``entity_ids`` (per token,
+  the span it belongs to, -1 outside); such an example's runs of one id are its
+  ``entity_spans``.
 
-**Schedule across DataLoader workers.** ``level_schedule`` is a list of ``(start_step, mix)``;
-the mix in force is the last one whose start step is <= the collator's *step*. The step lives
-in a one-element int64 tensor in **shared memory** (:meth:`ErnieCollator.set_step`), created
-before the workers start, so a worker forked or spawned by a DataLoader reads the value the
-training process writes (the ERNIE objective writes ``global_step`` at the start of training,
-of every epoch and of every batch). Limits: a worker reads the step when it builds a batch,
-and workers build batches ahead of the training step (plmkit's loader: ``prefetch_factor=4``
-per worker), so a stage change reaches the batches up to ``4 x num_workers`` steps late, and
-which of those few batches around a boundary see the new mix depends on worker timing (a run
-resumed exactly at such a boundary may draw a different level for them; elsewhere resume is
-exact, since the masks themselves come from the per-batch reseeded generator). A collator used
-outside plmkit follows the schedule only if someone calls ``set_step`` (e.g. a HF
-``TrainerCallback.on_step_begin``); otherwise it stays at step 0. See the plugin report for
-the core change that makes this exact (the loader passing the batch index).
+**Schedule.** ``level_schedule`` is a list of ``(start_step, mix)``; the mix in force is the
+last one whose start step is <= the collator's *step*. plmkit's loader calls
+:meth:`ErnieCollator.set_step` with the exact optimizer step that will train on each batch,
+in the worker that builds it (see :mod:`plmkit.data.loader`), so the schedule is exact however
+far ahead the workers prefetch, and across a resume. A collator used outside plmkit follows
+the schedule if its caller does the same: ``set_step`` before each batch in the process that
+collates, or, with a DataLoader whose workers collate, a shared ``step_counter`` tensor
+(``torch.zeros(1, dtype=torch.long).share_memory_()``, created before the workers start) that
+the training loop updates (e.g. a HF ``TrainerCallback.on_step_begin``); a value given by
+``set_step`` wins over the counter.
 
 Importable without Lightning.
 """
@@ -93,6 +93,21 @@ def _schedule(
     return sorted(out, key=lambda e: e[0])
 
 
+def _entity_spans(example: dict[str, Any]) -> Tensor | None:
+    """An example's ``entity_spans``, or the runs of one id in its ``entity_ids``."""
+    spans = example.get("entity_spans")
+    ids = example.get("entity_ids")
+    if spans is not None or ids is None:
+        return spans
+    ids = torch.as_tensor(ids)
+    inside = ids >= 0
+    before = torch.cat([torch.tensor([-1]), ids[:-1]])
+    after = torch.cat([ids[1:], torch.tensor([-1])])
+    starts = torch.nonzero(inside & (ids != before)).squeeze(1)
+    ends = torch.nonzero(inside & (ids != after)).squeeze(1) + 1
+    return torch.stack([starts, ends], dim=1)
+
+
 class ErnieCollator(BertCollator):
     """Phrase- and entity-level masking (ERNIE 1.0) on top of BERT's collator.
 
@@ -112,8 +127,8 @@ class ErnieCollator(BertCollator):
             tests and inspection.
         return_level: also return ``masking_level`` (B,): the level each row drew (0 token,
             1 phrase, 2 entity); the objective logs it.
-        step_counter: a shared one-element long tensor holding the training step (several
-            collators of one run can share it); default: a new one in shared memory.
+        step_counter: optional shared one-element long tensor holding the training step, for
+            DataLoader workers outside plmkit (see the module docstring).
     """
 
     def __init__(
@@ -139,9 +154,8 @@ class ErnieCollator(BertCollator):
         self.level_schedule = _schedule(level_schedule)
         self.selection_passes, self.return_spans = selection_passes, return_spans
         self.return_level = return_level
-        if step_counter is None:
-            step_counter = torch.zeros(1, dtype=torch.long).share_memory_()
         self.step_counter = step_counter
+        self._step: int | None = None
         # raw positions are passed through the pair builder as ids >= this offset
         self._index_offset = max(self.cls_id, self.sep_id, self.pad_id) + 1
 
@@ -162,12 +176,14 @@ class ErnieCollator(BertCollator):
 
     # ------------------------------------------------------------------ schedule
     def set_step(self, step: int) -> None:
-        """Set the training step (visible to DataLoader workers: shared memory)."""
-        self.step_counter[0] = int(step)
+        """Set the training step of the next batches (plmkit's loader: before every batch)."""
+        self._step = int(step)
 
     @property
     def step(self) -> int:
-        return int(self.step_counter[0])
+        if self._step is not None:
+            return self._step
+        return int(self.step_counter[0]) if self.step_counter is not None else 0
 
     def current_mix(self) -> Tensor:
         """The level probabilities ``(token, phrase, entity)`` at the current step."""
@@ -202,16 +218,17 @@ class ErnieCollator(BertCollator):
     ) -> tuple[Tensor, Tensor, Tensor]:
         """(span start, span kind, from-precomputed mask) of precomputed spans, per position."""
         batch = len(examples)
+        entity_spans = [_entity_spans(e) for e in examples]
         has = torch.tensor([
-            e.get("entity_spans") is not None or e.get("phrase_spans") is not None
-            for e in examples
+            spans is not None or e.get("phrase_spans") is not None
+            for spans, e in zip(entity_spans, examples)
         ])
         minus = torch.full(source.shape, -1, dtype=torch.long)
         if not bool(has.any()):
             return minus, minus.clone(), torch.zeros(source.shape, dtype=torch.bool)
         lengths = [len(e["input_ids"]) for e in examples]
         tag_e, len_e, kind_e = spans_from_offsets(
-            [e.get("entity_spans") for e in examples], width, [ENTITY] * batch, lengths
+            entity_spans, width, [ENTITY] * batch, lengths
         )
         tag_p, len_p, kind_p = spans_from_offsets(
             [e.get("phrase_spans") for e in examples], width, [PHRASE] * batch, lengths

@@ -5,17 +5,15 @@ prediction or sentence-order prediction on the 2-way ``cls.seq_relationship`` he
 sentence task); only the collator differs (:class:`~plmkit.plugins.ernie.ErnieCollator`).
 Export is BERT's: ``AutoModel`` / ``AutoModelForPreTraining`` load it.
 
-The masking-level schedule (``level_schedule``) follows ``global_step``: the objective writes
-the step into the collators' shared step counter at the start of training, of every epoch and
-of every batch (see the collator's docstring for how it reaches DataLoader workers and the
-few-batch lag that prefetching adds).
+The masking-level schedule (``level_schedule``) follows the optimizer step: plmkit's loader
+gives the collator the exact step of every batch (see the collator's docstring). Precomputed
+entity spans come from the corpus with ``--data.entity_field``.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-import torch
 from torch import Tensor
 
 from plmkit.lexicon import PhraseMatcher
@@ -101,7 +99,6 @@ class ErnieObjective(BertObjective):
         self.basic_unit = basic_unit
         self.level_mix, self.level_schedule = level_mix, level_schedule
         self._matcher: PhraseMatcher | None = None
-        self._step_counter = torch.zeros(1, dtype=torch.long).share_memory_()
 
     def matcher(self) -> PhraseMatcher | None:
         """The lexicon matcher for ``self.tokenizer`` (built once, shared by the collators)."""
@@ -124,7 +121,6 @@ class ErnieObjective(BertObjective):
             basic_unit=self.basic_unit,
             level_mix=self.level_mix,
             level_schedule=self.level_schedule,
-            step_counter=self._step_counter,
             return_level=True,
             seed=seed,
         )
@@ -136,16 +132,3 @@ class ErnieObjective(BertObjective):
             metrics["rows_phrase"] = (level == 1).float().mean()
             metrics["rows_entity"] = (level == 2).float().mean()
         return loss, metrics
-
-    # the schedule follows the optimizer step (see the module docstring)
-    def _sync_step(self) -> None:
-        self._step_counter[0] = int(self.global_step)
-
-    def on_train_start(self) -> None:
-        self._sync_step()
-
-    def on_train_epoch_start(self) -> None:
-        self._sync_step()
-
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        self._sync_step()
