@@ -277,8 +277,10 @@ def _sharded_command(strategy: str, flags: list[str], run_dir: Path) -> list[str
     two = ["--data.batch_size", "8", "--trainer.devices", "2", "--trainer.accelerator", "cpu",
            "--trainer.strategy", strategy, "--trainer.default_root_dir", str(run_dir)]
     if strategy == "ddp":  # the multi-node launcher, on one node
-        return ["torchrun", "--standalone", "--nproc-per-node", "2", "-m", "plmkit", *flags,
-                *two]
+        # ``torchrun`` is the console script of torch.distributed.run; the module form runs
+        # with this interpreter (a venv without its own torch scripts finds another torchrun)
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc-per-node", "2", "-m", "plmkit", *flags, *two]
     return [sys.executable, "-m", "plmkit", *flags, *two]  # Lightning spawns rank 1
 
 
