@@ -36,6 +36,9 @@ class BertCollator(Collator):
             random token; the rest stay unchanged (0.8 / 0.1 / 0.1).
         sentence_task: ``"nsp"`` (BERT), ``"sop"`` (ALBERT), ``"sso"`` (StructBERT) or None.
         short_seq_prob: probability of a shorter random target length.
+        skip_inner_specials: never select special tokens found inside the examples (the
+            separators of documents packed into one block); off by default, where only the
+            ``[CLS]``/``[SEP]`` the collator adds are excluded.
         seed: seed of the collator's generator (see :class:`plmkit.collator.Collator`).
     """
 
@@ -56,10 +59,13 @@ class BertCollator(Collator):
         random_rate: float = 0.1,
         sentence_task: SentenceTask | None = "nsp",
         short_seq_prob: float = 0.1,
+        skip_inner_specials: bool = False,
         seed: int = 0,
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__(seed, generator)
+        self.skip_inner_specials = skip_inner_specials
+        self.special_ids = torch.tensor(sorted(set(special_token_ids)), dtype=torch.long)
         self.cls_id, self.sep_id, self.pad_id, self.mask_id = (
             cls_token_id, sep_token_id, pad_token_id, mask_token_id,
         )
@@ -109,6 +115,8 @@ class BertCollator(Collator):
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Tensor]:
         seg = self.segments(examples)
         candidates = seg.attention_mask.bool() & ~seg.special_mask
+        if self.skip_inner_specials:
+            candidates &= ~torch.isin(seg.input_ids, self.special_ids)
         selected = self.select(candidates, seg.word_ids)
         input_ids, labels = masking.corrupt(
             seg.input_ids, selected, self.generator, self.mask_id, self.random_ids,

@@ -8,8 +8,9 @@ from torch import Tensor, nn
 from transformers import BertConfig, BertForPreTraining
 from transformers.models.bert.modeling_bert import BertLayer
 
+from plmkit.errors import PlmkitError
 from plmkit.heads import classification_loss, masked_lm_loss
-from plmkit.objective import Objective
+from plmkit.objective import Objective, Packing
 from plmkit.plugins.bert.collator import BertCollator
 
 
@@ -33,6 +34,7 @@ class BertObjective(Objective):
         whole_word: bool = False,
         nsp: bool = True,
         short_seq_prob: float = 0.1,
+        packing: Packing = "document",
         **kwargs: Any,
     ) -> None:
         """
@@ -49,6 +51,11 @@ class BertObjective(Objective):
             whole_word: mask whole words.
             nsp: train next-sentence prediction.
             short_seq_prob: probability of a shorter random sequence length.
+            packing: ``document`` (default, the original: a block never crosses a document,
+                so short documents leave padding) or ``stream`` (MLM only, ``nsp: false``:
+                documents concatenated with ``[SEP]`` between them and cut into full blocks,
+                RoBERTa's FULL-SENTENCES; no padding, the layout of Hugging Face's
+                ``run_mlm.py`` ``group_texts``). Separators inside a block are never masked.
         """
         super().__init__(**kwargs)
         self.hidden_size, self.num_layers, self.num_heads = hidden_size, num_layers, num_heads
@@ -57,6 +64,12 @@ class BertObjective(Objective):
         self.mlm_probability, self.exact_count = mlm_probability, exact_count
         self.max_predictions, self.whole_word = max_predictions, whole_word
         self.nsp, self.short_seq_prob = nsp, short_seq_prob
+        if packing not in ("document", "stream"):
+            raise PlmkitError(f"model.packing must be 'document' or 'stream', got {packing!r}")
+        if packing == "stream" and nsp:
+            raise PlmkitError("model.packing 'stream' mixes documents in a block: it needs "
+                              "model.nsp false (NSP pairs come from one document)")
+        self.packing = packing  # read by the DataModule (instance value over the class's)
 
     def block_length(self, max_length: int) -> int:
         return max_length - (3 if self.nsp else 2)
@@ -87,6 +100,7 @@ class BertObjective(Objective):
             whole_word=self.whole_word,
             sentence_task="nsp" if self.nsp else None,
             short_seq_prob=self.short_seq_prob,
+            skip_inner_specials=self.packing == "stream",
             seed=seed,
         )
 

@@ -211,22 +211,33 @@ class XLNetCollator(Collator):
         return selected
 
     # -------------------------------------------------------------------------- permutation
-    def permutation_mask(self, is_target: Tensor, functional: Tensor, real: Tensor) -> Tensor:
-        """``perm_mask`` (B, L, L) bool from a random block-local factorization order."""
+    def permutation_mask(self, is_target: Tensor, functional: Tensor, real: Tensor,
+                         dtype: torch.dtype = torch.bool) -> Tensor:
+        """``perm_mask`` (B, L, L) from a random block-local factorization order: 1 (True)
+        where position i may not attend to position j; ``dtype`` bool or a float type."""
         batch, width = real.shape
         positions = torch.arange(width)
         block = positions // (self.perm_size or width)
         keys = block.unsqueeze(0) + torch.rand((batch, width), generator=self.generator)
         keys = keys.masked_fill(~real, float(width + 1))
-        rank = keys.argsort(dim=1).argsort(dim=1)
+        order = keys.argsort(dim=1)
+        rank = torch.empty_like(order).scatter_(1, order, positions.expand(batch, width))
         masked_or_func = is_target | functional if self.functional_in_order else is_target
         context = real & ~masked_or_func
         rev = torch.where(context, torch.full_like(rank, -1), rank)
         # a target must rank strictly above what it sees; a functional token may see itself
         self_rev = torch.where(is_target, rev, rev + 1)
-        perm = (self_rev.unsqueeze(2) <= rev.unsqueeze(1)) & masked_or_func.unsqueeze(1)
-        perm |= ~real.unsqueeze(1)  # padding is invisible
-        perm |= ~real.unsqueeze(2)  # and sees nothing
+        # One comparison builds the whole (B, L, L) mask: perm[i, j] = row[i] <= col[j], with
+        # col = +big on padding (invisible to all), -big on context (visible to all), the rank
+        # on targets / functional tokens; row = -big - 1 on padding rows (they see nothing).
+        big = 4 * width + 4
+        col = torch.where(masked_or_func, rev, torch.full_like(rev, -big))
+        col = col.masked_fill(~real, big)
+        row = self_rev.masked_fill(~real, -big - 1)
+        # compared as float32 (small integers, exact) straight into the output dtype: about
+        # ten times faster on CPU than an int64 comparison followed by a conversion
+        perm = torch.empty((batch, width, width), dtype=dtype)
+        torch.le(row.float().unsqueeze(2), col.float().unsqueeze(1), out=perm)
         return perm
 
     # ----------------------------------------------------------------------------- batch
@@ -255,7 +266,7 @@ class XLNetCollator(Collator):
         is_target = torch.zeros((batch, total), dtype=torch.bool)
         is_target[:, :width] = selected
         functional = attention & torch.isin(input_ids, self.special_ids)
-        perm_mask = self.permutation_mask(is_target, functional, attention)
+        perm_mask = self.permutation_mask(is_target, functional, attention, torch.float32)
 
         # targets in position order: row r of target_mapping is the r-th target
         counts = is_target.sum(dim=1)
@@ -271,7 +282,7 @@ class XLNetCollator(Collator):
             "input_ids": input_ids,
             "attention_mask": attention.long(),
             "token_type_ids": token_type_ids,
-            "perm_mask": perm_mask.float(),
+            "perm_mask": perm_mask,
             "target_mapping": target_mapping,
             "labels": labels,
         }
