@@ -16,13 +16,12 @@ import os
 import statistics
 import sys
 import time
-import warnings
 from typing import Any
 
 import numpy as np
-import torch
 
 from benchmarks.specs import RunConfig, build, train_documents
+from benchmarks.worker import configure
 
 
 def _plmkit_examples(objective: Any, dm: Any, corpus: Any, docs: np.ndarray, n: int) -> list:
@@ -91,11 +90,7 @@ def run_loader(cfg: RunConfig, batches: int = 40) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = RunConfig(**json.loads((argv or sys.argv[1:])[0]))
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    warnings.filterwarnings("ignore")
+    cfg = configure(argv)
     result = run_collators(cfg) if cfg.side == "collators" else run_loader(cfg)
     result["load_before"] = os.getloadavg()[0]
     print("BENCHMARK_RESULT " + json.dumps(result), flush=True)

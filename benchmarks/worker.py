@@ -163,12 +163,19 @@ def _reference_flops(objective: Any, model: Any, seq: int) -> float:
         objective.model = None
 
 
-def main(argv: list[str] | None = None) -> int:
+def configure(argv: list[str] | None = None) -> RunConfig:
+    """The run's config from the command line (one JSON argument), with threads and warnings
+    set up the same way for every worker process."""
     cfg = RunConfig(**json.loads((argv or sys.argv[1:])[0]))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore")
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = configure(argv)
     torch.manual_seed(0)
     result = run_plmkit(cfg) if cfg.side == "plmkit" else run_baseline(cfg)
     print("BENCHMARK_RESULT " + json.dumps(result), flush=True)

@@ -27,6 +27,13 @@ from torch import Tensor
 IGNORE_INDEX = -100
 
 
+def eos_token_id(tokenizer: Any) -> int | None:
+    """The tokenizer's end-of-text id: its ``eos_token_id``, else its separator (plmkit's
+    trained tokenizers use ``[SEP]`` for both)."""
+    eos = tokenizer.eos_token_id
+    return eos if eos is not None else tokenizer.sep_token_id
+
+
 class Collator:
     """Base class: seeding per worker, padding of example fields into batch tensors."""
 

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from plmkit.collator import IGNORE_INDEX, Collator
+from plmkit.collator import IGNORE_INDEX, Collator, eos_token_id
 
 
 def segment_starts(doc_ids: Tensor, input_ids: Tensor, lengths: Tensor,
@@ -112,9 +112,7 @@ class GptCollator(Collator):
     @classmethod
     def from_tokenizer(cls, tokenizer: Any, **kwargs: Any) -> GptCollator:
         """Build from a Hugging Face tokenizer (pad token required; eos = its separator)."""
-        eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else (
-            tokenizer.sep_token_id
-        )
+        eos = eos_token_id(tokenizer)
         return cls(pad_token_id=tokenizer.pad_token_id, eos_token_id=eos, **kwargs)
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Tensor]:

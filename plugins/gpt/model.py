@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.models.gpt2.modeling_gpt2 import GPT2Block
 
+from plmkit.collator import eos_token_id
 from plmkit.heads import masked_lm_loss
 from plmkit.objective import Objective
 from plmkit.plugins.gpt.collator import GptCollator
@@ -71,8 +72,7 @@ class GptObjective(Objective):
 
     def _eos_id(self) -> int:
         assert self.tokenizer is not None
-        tok = self.tokenizer
-        return tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id
+        return eos_token_id(self.tokenizer)
 
     def build_model(self) -> nn.Module:
         assert self.tokenizer is not None

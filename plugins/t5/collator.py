@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from plmkit.collator import IGNORE_INDEX, Collator
+from plmkit.collator import IGNORE_INDEX, Collator, eos_token_id
 
 NUM_SENTINELS = 100
 
@@ -198,9 +198,7 @@ class T5SpanCorruptionCollator(Collator):
                 "the tokenizer has no <extra_id_0> sentinel: add T5Objective().special_tokens() "
                 "to it, or build the collator with explicit sentinel_ids"
             )
-        eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else (
-            tokenizer.sep_token_id
-        )
+        eos = eos_token_id(tokenizer)
         return cls(sentinel_ids=sentinels, eos_token_id=eos,
                    pad_token_id=tokenizer.pad_token_id, **kwargs)
 

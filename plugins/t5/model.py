@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from transformers import T5Config, T5ForConditionalGeneration
 from transformers.models.t5.modeling_t5 import T5Block
 
-from plmkit.collator import IGNORE_INDEX
+from plmkit.collator import IGNORE_INDEX, eos_token_id
 from plmkit.objective import Objective
 from plmkit.plugins.t5.collator import (
     NUM_SENTINELS,
@@ -108,8 +108,7 @@ class T5Objective(Objective):
 
     def _eos_id(self) -> int:
         assert self.tokenizer is not None
-        tok = self.tokenizer
-        return tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id
+        return eos_token_id(self.tokenizer)
 
     # ------------------------------------------------------------------------ the model
     def build_model(self) -> nn.Module:
