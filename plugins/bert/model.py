@@ -14,6 +14,26 @@ from plmkit.objective import Objective, Packing
 from plmkit.plugins.bert.collator import BertCollator
 
 
+def bert_config(objective: Any) -> BertConfig:
+    """The ``BertConfig`` (SDPA attention) of a BERT-style encoder objective: its
+    ``hidden_size``, ``num_layers``, ``num_heads``, ``intermediate_size``, ``dropout`` and
+    ``max_position_embeddings`` (at least ``data.max_length``), sized to its tokenizer."""
+    assert objective.tokenizer is not None
+    config = BertConfig(
+        vocab_size=len(objective.tokenizer),
+        hidden_size=objective.hidden_size,
+        num_hidden_layers=objective.num_layers,
+        num_attention_heads=objective.num_heads,
+        intermediate_size=objective.intermediate_size,
+        hidden_dropout_prob=objective.dropout,
+        attention_probs_dropout_prob=objective.dropout,
+        max_position_embeddings=max(objective.max_position_embeddings, objective.max_length),
+        pad_token_id=objective.tokenizer.pad_token_id,
+    )
+    config._attn_implementation = "sdpa"
+    return config
+
+
 class BertObjective(Objective):
     """BERT: masked LM (15%, 80/10/10) + next-sentence prediction (Devlin et al. 2019)."""
 
@@ -75,20 +95,7 @@ class BertObjective(Objective):
         return max_length - (3 if self.nsp else 2)
 
     def build_model(self) -> nn.Module:
-        assert self.tokenizer is not None
-        config = BertConfig(
-            vocab_size=len(self.tokenizer),
-            hidden_size=self.hidden_size,
-            num_hidden_layers=self.num_layers,
-            num_attention_heads=self.num_heads,
-            intermediate_size=self.intermediate_size,
-            hidden_dropout_prob=self.dropout,
-            attention_probs_dropout_prob=self.dropout,
-            max_position_embeddings=max(self.max_position_embeddings, self.max_length),
-            pad_token_id=self.tokenizer.pad_token_id,
-        )
-        config._attn_implementation = "sdpa"
-        return BertForPreTraining(config)
+        return BertForPreTraining(bert_config(self))
 
     def build_collator(self, seed: int = 0) -> BertCollator:
         return BertCollator.from_tokenizer(

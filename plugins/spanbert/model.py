@@ -20,6 +20,7 @@ from transformers.models.bert.modeling_bert import BertLayer
 from plmkit.collator import IGNORE_INDEX
 from plmkit.heads import masked_lm_loss
 from plmkit.objective import Objective
+from plmkit.plugins.bert.model import bert_config
 from plmkit.plugins.spanbert.collator import SpanBertCollator
 
 
@@ -192,22 +193,8 @@ class SpanBertObjective(Objective):
         return max_length - 2  # [CLS] x [SEP]
 
     def build_model(self) -> SpanBertModel:
-        assert self.tokenizer is not None
-        config = BertConfig(
-            vocab_size=len(self.tokenizer),
-            hidden_size=self.hidden_size,
-            num_hidden_layers=self.num_layers,
-            num_attention_heads=self.num_heads,
-            intermediate_size=self.intermediate_size,
-            hidden_dropout_prob=self.dropout,
-            attention_probs_dropout_prob=self.dropout,
-            max_position_embeddings=max(self.max_position_embeddings, self.max_length),
-            type_vocab_size=2,
-            pad_token_id=self.tokenizer.pad_token_id,
-            tie_word_embeddings=True,
-        )
-        config._attn_implementation = "sdpa"
-        return SpanBertModel(config, self.max_span_targets, self.sbo_position_size)
+        # BERT's config (type_vocab_size 2, tied output embeddings: the defaults)
+        return SpanBertModel(bert_config(self), self.max_span_targets, self.sbo_position_size)
 
     def build_collator(self, seed: int = 0) -> SpanBertCollator:
         return SpanBertCollator.from_tokenizer(
