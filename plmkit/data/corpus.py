@@ -129,6 +129,15 @@ def _span_offsets(span: object) -> tuple[int, int]:
     )
 
 
+def _span_list(spans: object) -> list:
+    """A document's spans: a list (None: no spans)."""
+    if spans is None:
+        return []
+    if not isinstance(spans, (list, tuple)):
+        raise ValueError(f"a document's entity spans must be a list of spans, got {spans!r}")
+    return list(spans)
+
+
 def _strip(batch: dict[str, list]) -> dict[str, list]:
     texts = [t or "" for t in batch["text"]]
     out: dict[str, list] = {"text": [t.strip() for t in texts]}
@@ -136,7 +145,7 @@ def _strip(batch: dict[str, list]) -> dict[str, list]:
         # character offsets follow the text when its leading whitespace is stripped
         shifts = [len(t) - len(t.lstrip()) for t in texts]
         out["entities"] = [
-            [[a - shift, b - shift] for a, b in map(_span_offsets, spans or [])]
+            [[a - shift, b - shift] for a, b in map(_span_offsets, _span_list(spans))]
             for spans, shift in zip(batch["entities"], shifts)
         ]
     return out
