@@ -38,7 +38,7 @@ class RowsDataset(Dataset):
 
 def _kind(method: str) -> str:
     """The baseline recipe of a benchmark name (``bert_30k`` trains like ``bert``)."""
-    return "bert" if method == "bert_30k" else method
+    return method.removesuffix("_30k")
 
 
 def _offsets(ids: np.ndarray, word_start: np.ndarray) -> np.ndarray:

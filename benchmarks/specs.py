@@ -53,6 +53,9 @@ SPECS: dict[str, MethodSpec] = {s.name: s for s in (
     MethodSpec("bert_30k", "bert", "as bert, with the papers' 30522-entry WordPiece "
                "vocabulary size (trained on the bundled corpus) instead of the recipe's 8192",
                model={"tiny": _MLM, "small": _MLM}, data={"vocab_size": 30522}),
+    MethodSpec("electra_30k", "electra", "as electra, with the paper's 30522-entry WordPiece "
+               "vocabulary size (trained on the bundled corpus) instead of the recipe's 8192",
+               data={"vocab_size": 30522}),
     MethodSpec("roberta", "roberta", "RobertaForMaskedLM(**batch).loss + "
                "DataCollatorForLanguageModeling on group_texts blocks"),
     MethodSpec("electra", "electra", "ElectraForMaskedLM (logits and loss on every position) "
