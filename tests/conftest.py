@@ -75,6 +75,20 @@ def run_plmkit(capsys: pytest.CaptureFixture) -> Callable[..., tuple[int, str, s
     return run
 
 
+@pytest.fixture
+def export_run(run_plmkit) -> Callable[..., Path]:
+    """``out = export_run(run_dir, out_dir, *flags)``: ``plmkit export`` of the run's
+    ``last.ckpt`` into ``out_dir``; the test fails with the command's stderr if it fails."""
+
+    def export(run_dir: Path, out: Path, *flags: str) -> Path:
+        code, _, err = run_plmkit("export", Path(run_dir) / "checkpoints" / "last.ckpt", out,
+                                  *flags)
+        assert code == 0, err[-2000:]
+        return Path(out)
+
+    return export
+
+
 def read_metrics(run_dir: Path) -> list[dict[str, str]]:
     """Rows of the CSV logs ``run_dir/logs/version_*/metrics.csv``, all attempts in order."""
     rows: list[dict[str, str]] = []

@@ -294,7 +294,7 @@ def test_model_and_gathered_loss(tokenizer, doc_examples):
     assert set(metrics) == {"mlm_loss", "mlm_acc", "sop_loss", "sop_acc"}
 
 
-def test_training_lowers_loss_and_exports(tiny_fit, run_plmkit, tmp_path):
+def test_training_lowers_loss_and_exports(tiny_fit, export_run, tmp_path):
     from transformers import AlbertModel, AutoModel, AutoTokenizer
 
     run = tiny_fit("albert_tiny", steps=80)
@@ -302,9 +302,7 @@ def test_training_lowers_loss_and_exports(tiny_fit, run_plmkit, tmp_path):
     assert len(losses) >= 70
     assert falling(losses)
     assert metric_series(run, "train/sop_loss")
-    out = tmp_path / "export"
-    code, _, err = run_plmkit("export", run / "checkpoints" / "last.ckpt", out)
-    assert code == 0, err
+    out = export_run(run, tmp_path / "export")
     model = AutoModel.from_pretrained(out)
     assert isinstance(model, AlbertModel)
     assert model.config.embedding_size < model.config.hidden_size

@@ -311,12 +311,10 @@ def test_checkpoint_reload_keeps_sharing(trained):
                        ckpt[key])
 
 
-def test_export_loads_and_runs(trained, run_plmkit, tmp_path):
+def test_export_loads_and_runs(trained, export_run, tmp_path):
     from transformers import AutoTokenizer, ElectraForMaskedLM, ElectraForPreTraining
 
-    out = tmp_path / "export"
-    code, _, err = run_plmkit("export", trained / "checkpoints" / "last.ckpt", out, "--generator")
-    assert code == 0, err
+    out = export_run(trained, tmp_path / "export", "--generator")
     disc, info = ElectraForPreTraining.from_pretrained(out, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
     gen, info = ElectraForMaskedLM.from_pretrained(out / "generator", output_loading_info=True)

@@ -199,15 +199,13 @@ def test_embedder_layers_and_scalar_mix(tokenizer, tmp_path):
     assert torch.equal(reloaded(ids)["forward"][1], model(ids)["forward"][1])
 
 
-def test_training_lowers_loss_and_exports(tiny_fit, run_plmkit, tmp_path):
+def test_training_lowers_loss_and_exports(tiny_fit, export_run, tmp_path):
     run = tiny_fit("elmo_tiny", steps=80)
     losses = metric_series(run, "train/loss")
     assert len(losses) >= 70
     assert falling(losses), losses
     assert metric_series(run, "train/forward_loss") and metric_series(run, "train/backward_loss")
-    out = tmp_path / "export"
-    code, _, err = run_plmkit("export", run / "checkpoints" / "last.ckpt", out)
-    assert code == 0, err
+    out = export_run(run, tmp_path / "export")
     for name in ("config.json", "model.safetensors", "tokenizer.json"):
         assert (out / name).is_file()
     embedder = ElmoEmbedder.from_pretrained(out)

@@ -307,7 +307,7 @@ def test_dataloader_workers_seed_and_no_mutation(tokenizer, make_examples, match
             assert torch.equal(a[key], b[key])
 
 
-def test_training_lowers_loss_and_exports(tiny_fit, run_plmkit, tmp_path):
+def test_training_lowers_loss_and_exports(tiny_fit, export_run, tmp_path):
     from transformers import AutoModel, AutoTokenizer
 
     run = tiny_fit(
@@ -318,9 +318,7 @@ def test_training_lowers_loss_and_exports(tiny_fit, run_plmkit, tmp_path):
     assert falling(metric_series(run, "train/mlm_loss"))
     phrase_rows = metric_series(run, "train/rows_phrase")
     assert max(phrase_rows[:25]) == 0 and sum(phrase_rows[-20:]) > 0  # the schedule moved
-    out = tmp_path / "export"
-    code, _, err = run_plmkit("export", run / "checkpoints" / "last.ckpt", out)
-    assert code == 0, err
+    out = export_run(run, tmp_path / "export")
     model = AutoModel.from_pretrained(out)
     tokenizer = AutoTokenizer.from_pretrained(out)
     hidden = model(**tokenizer(["New York City"], return_tensors="pt")).last_hidden_state

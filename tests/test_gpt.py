@@ -140,16 +140,14 @@ def test_dataloader_with_two_workers(tokenizer, make_examples):
         assert all(torch.equal(b[k], direct[k]) for k in direct)
 
 
-def test_training_export_and_generate(tiny_fit, run_plmkit, tmp_path):
+def test_training_export_and_generate(tiny_fit, export_run, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     run = tiny_fit("gpt_tiny", steps=80)
     losses = metric_series(run, "train/loss")
     assert len(losses) >= 70
     assert falling(losses)
-    out = tmp_path / "gpt_export"
-    code, _, err = run_plmkit("export", run / "checkpoints" / "last.ckpt", out)
-    assert code == 0, err[-2000:]
+    out = export_run(run, tmp_path / "gpt_export")
 
     model = AutoModelForCausalLM.from_pretrained(out).eval()
     tok = AutoTokenizer.from_pretrained(out)

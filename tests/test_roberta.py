@@ -206,16 +206,14 @@ def test_hf_trainer(tmp_path, tokenizer, stream_examples):
     assert torch.isfinite(torch.tensor(result.training_loss))
 
 
-def test_training_lowers_loss_and_exports(tiny_fit, run_plmkit, tmp_path):
+def test_training_lowers_loss_and_exports(tiny_fit, export_run, tmp_path):
     from transformers import AutoModel, AutoTokenizer, RobertaModel
 
     run = tiny_fit("roberta_tiny", steps=80)
     losses = metric_series(run, "train/loss")
     assert len(losses) >= 70
     assert falling(losses)
-    out = tmp_path / "export"
-    code, _, err = run_plmkit("export", run / "checkpoints" / "last.ckpt", out)
-    assert code == 0, err
+    out = export_run(run, tmp_path / "export")
     model = AutoModel.from_pretrained(out)
     assert isinstance(model, RobertaModel)
     tok = AutoTokenizer.from_pretrained(out)

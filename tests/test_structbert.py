@@ -160,16 +160,14 @@ def test_dataloader_workers_seed_and_no_mutation(tokenizer, make_examples):
             assert torch.equal(a[key], b[key])
 
 
-def test_training_lowers_loss_and_exports(tiny_fit, run_plmkit, tmp_path):
+def test_training_lowers_loss_and_exports(tiny_fit, export_run, tmp_path):
     from transformers import AutoModel, AutoModelForMaskedLM, AutoTokenizer
 
     run = tiny_fit("structbert_tiny", steps=60)
     for name in ("train/loss", "train/mlm_loss", "train/wso_loss"):
         assert falling(metric_series(run, name)), name
     assert metric_series(run, "train/sso_loss")
-    out = tmp_path / "export"
-    code, _, err = run_plmkit("export", run / "checkpoints" / "last.ckpt", out)
-    assert code == 0, err
+    out = export_run(run, tmp_path / "export")
     model = AutoModel.from_pretrained(out)
     tokenizer = AutoTokenizer.from_pretrained(out)
     hidden = model(**tokenizer(["a small dog"], return_tensors="pt")).last_hidden_state

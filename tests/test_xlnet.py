@@ -231,16 +231,14 @@ def test_memory_option(tokenizer, make_examples):
     assert torch.isfinite(loss1) and torch.isfinite(loss2) and "plm_acc" in metrics
 
 
-def test_training_lowers_loss_and_exports(tiny_fit, run_plmkit, tmp_path):
+def test_training_lowers_loss_and_exports(tiny_fit, export_run, tmp_path):
     from transformers import AutoModel, AutoTokenizer, XLNetModel
 
     run = tiny_fit("xlnet_tiny", steps=80)
     losses = metric_series(run, "train/loss")
     assert len(losses) >= 70
     assert falling(losses), losses
-    out = tmp_path / "export"
-    code, _, err = run_plmkit("export", run / "checkpoints" / "last.ckpt", out)
-    assert code == 0, err
+    out = export_run(run, tmp_path / "export")
     model = AutoModel.from_pretrained(out)
     assert isinstance(model, XLNetModel)
     tok = AutoTokenizer.from_pretrained(out)
