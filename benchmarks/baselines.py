@@ -96,8 +96,8 @@ def baseline_collator(method: str, tokenizer: Any, objective: Any, seq: int) -> 
                                                random_replace_prob=0.0)
     if method == "electra":
         return DataCollatorForLanguageModeling(
-            tokenizer, mlm_probability=objective.mlm_probability,
-            mask_replace_prob=objective.mask_rate, random_replace_prob=0.0,
+            tokenizer, mlm_probability=objective.masking.probability,
+            mask_replace_prob=objective.masking.mask_rate, random_replace_prob=0.0,
         )
     if method == "xlnet":
         return DataCollatorForPermutationLanguageModeling(

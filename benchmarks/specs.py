@@ -48,8 +48,8 @@ SPECS: dict[str, MethodSpec] = {s.name: s for s in (
                model={"tiny": _MLM, "small": _MLM}),
     MethodSpec("bert_wwm", "bert", "as bert, DataCollatorForLanguageModeling("
                "whole_word_mask=True) with offset_mapping",
-               model={"tiny": {**_MLM, "whole_word": True},
-                      "small": {**_MLM, "whole_word": True}}),
+               model={"tiny": {**_MLM, "masking": {"whole_word": True}},
+                      "small": {**_MLM, "masking": {"whole_word": True}}}),
     MethodSpec("bert_30k", "bert", "as bert, with the papers' 30522-entry WordPiece "
                "vocabulary size (trained on the bundled corpus) instead of the recipe's 8192",
                model={"tiny": _MLM, "small": _MLM}, data={"vocab_size": 30522}),
@@ -105,9 +105,9 @@ def recipe_name(spec: MethodSpec, size: str) -> str:
 
 
 def load_recipe(name: str) -> dict[str, Any]:
-    from plmkit.registry import packaged_recipe_dir
+    from plmkit.registry import get_registry
 
-    return yaml.safe_load((packaged_recipe_dir() / f"{name}.yaml").read_text())
+    return yaml.safe_load(get_registry().recipe(name).path.read_text())
 
 
 def build(cfg: RunConfig) -> tuple[Any, Any]:
@@ -118,8 +118,10 @@ def build(cfg: RunConfig) -> tuple[Any, Any]:
     recipe = load_recipe(recipe_name(spec, cfg.size))
     module, cls = recipe["model"]["class_path"].rsplit(".", 1)
     args = dict(recipe["model"].get("init_args", {}))
-    args.update(spec.model.get(cfg.size, {}))
-    args.update(cfg.model_overrides)
+    for overrides in (spec.model.get(cfg.size, {}), cfg.model_overrides):
+        for key, value in overrides.items():  # a typed block (masking: ...) is merged
+            both = isinstance(value, dict) and isinstance(args.get(key), dict)
+            args[key] = {**args[key], **value} if both else value
     # a short run: warm up for one step (the schedule costs the same on both sides)
     args["optim"] = {**args.get("optim", {}), "warmup_steps": 1}
     args["compile"] = cfg.compile

@@ -22,6 +22,8 @@ from typing import Any
 import torch
 
 from benchmarks.specs import RunConfig, build, model_configs, train_documents
+from plmkit.callbacks import monitors
+from plmkit.throughput import flops_per_token
 
 
 def _peak_memory_mb(device: str) -> float:
@@ -80,10 +82,10 @@ def run_plmkit(cfg: RunConfig) -> dict[str, Any]:
         accelerator=cfg.device, devices=1, precision=cfg.precision,
         max_steps=cfg.warmup + cfg.steps, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-        num_sanity_val_steps=0, callbacks=[StepTimer()],
+        num_sanity_val_steps=0, callbacks=[*monitors([], logging=False), StepTimer()],
     )
     trainer.fit(objective, datamodule=dm)
-    flops = objective.flops_per_token(cfg.seq)
+    flops = flops_per_token(objective, cfg.seq)
     model = objective.model
     model = getattr(model, "_orig_mod", model)
     return _summary(cfg, times, tokens, flops, model_configs(model))
@@ -158,7 +160,7 @@ def _reference_flops(objective: Any, model: Any, seq: int) -> float:
     MFU on both sides, so MFU compares like tokens/s)."""
     objective.model = model
     try:
-        return objective.flops_per_token(seq)
+        return flops_per_token(objective, seq)
     finally:
         objective.model = None
 

@@ -6,7 +6,7 @@ Directives (each on a line of its own in a page's markdown):
   the examples shown are the files the tests run);
 * ``<!-- plmkit:params NAME -->`` -- the parameters of objective ``NAME``'s ``__init__`` (its
   own and the ones it forwards to its parent classes), with defaults and docstring text;
-* ``<!-- plmkit:recipes NAME -->`` -- the packaged recipes that train objective ``NAME``, with
+* ``<!-- plmkit:recipes NAME -->`` -- the built-in recipes that train objective ``NAME``, with
   their sizes and descriptions;
 * ``<!-- plmkit:objectives -->`` -- every registered objective, linked to its page;
 * ``<!-- plmkit:signature dotted.path.Class -->`` -- the parameters of any class (a dataclass's
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import dataclasses
 import inspect
 import io
 import os
@@ -31,8 +32,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 _INCLUDE = re.compile(r'^(?P<indent>[ \t]*)--8<-- "(?P<path>[^"]+)"[ \t]*$', re.M)
 _DIRECTIVE = re.compile(r"^<!-- plmkit:(?P<name>[a-z]+)(?P<args>[^>]*?)\s*-->[ \t]*$", re.M)
-_SIZE_KEYS = ("num_layers", "hidden_size", "num_heads", "intermediate_size", "embedding_size",
-              "d_model", "d_ff", "lstm_size", "projection_size")
+_SIZE_KEYS = ("size", "num_layers", "hidden_size", "num_heads", "intermediate_size",
+              "embedding_size", "d_model", "d_ff", "lstm_size", "projection_size")
 
 
 class DocsError(Exception):
@@ -154,12 +155,26 @@ def collect_params(cls: type) -> list[tuple[str, str, str, str]]:
             if param.kind is param.VAR_POSITIONAL or param.name in seen:
                 continue
             seen.add(param.name)
+            if dataclasses.is_dataclass(param.default):  # a typed block: one row a field
+                rows.extend((f"{param.name}.{field}", default, text, klass.__name__)
+                            for field, default, text in _field_rows(param.default))
+                continue
             default = "required" if param.default is param.empty else repr(param.default)
             rows.append((param.name, default, docs.get(param.name, ""), klass.__name__))
         seen |= _fixed_by_super_call(init)
         if not forwards or klass.__name__ == "Objective":
             break
     return rows
+
+
+def _field_rows(config: object) -> list[tuple[str, str, str]]:
+    """``(field, default, attribute docstring)`` of a config dataclass instance."""
+    import docstring_parser
+
+    docs = {p.arg_name: p.description or "" for p in
+            docstring_parser.parse_from_object(type(config)).params}
+    return [(f.name, repr(getattr(config, f.name)), " ".join(docs.get(f.name, "").split()))
+            for f in dataclasses.fields(config)]
 
 
 def params_table(cls: type) -> str:
@@ -174,11 +189,13 @@ def _cell(text: str) -> str:
 
 
 def signature_table(cls: type) -> str:
-    import dataclasses
-
     lines = ["| parameter | default | meaning |", "|---|---|---|"]
     if dataclasses.is_dataclass(cls):
         docs = parse_args_section(cls.__doc__)
+        import docstring_parser
+
+        docs |= {p.arg_name: " ".join((p.description or "").split())
+                 for p in docstring_parser.parse_from_object(cls).params if p.description}
         for f in dataclasses.fields(cls):
             default = repr(f.default) if f.default is not dataclasses.MISSING else "required"
             lines.append(f"| `{f.name}` | `{default}` | {_cell(docs.get(f.name, ''))} |")
@@ -204,7 +221,8 @@ def recipes_table(objective: str) -> str:
         config = yaml.safe_load(Path(recipe.path).read_text(encoding="utf-8")) or {}
         init = (config.get("model") or {}).get("init_args") or {}
         data = config.get("data") or {}
-        sizes = [f"{k}={init[k]}" for k in _SIZE_KEYS if k in init]
+        shape = {**init, **(init.get("encoder") or {})}  # typed encoder block or loose keys
+        sizes = [f"{k}={shape[k]}" for k in _SIZE_KEYS if k in shape]
         if "max_length" in data:
             sizes.append(f"max_length={data['max_length']}")
         if "batch_size" in data:
@@ -212,7 +230,7 @@ def recipes_table(objective: str) -> str:
         lines.append(f"| `{recipe.name}` | {', '.join(sizes)} | {recipe.description} |")
         found += 1
     if not found:
-        raise DocsError(f"no packaged recipe trains objective '{objective}'")
+        raise DocsError(f"no built-in recipe trains objective '{objective}'")
     return "\n".join(lines)
 
 

@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import BertConfig, BertForMaskedLM
 
+from plmkit.config import MaskingConfig
 from plmkit.data.tokenizer import train_tokenizer
 from plmkit.data.wordnet import corpus_path
 from plmkit.plugins.bert import BertCollator
@@ -38,8 +39,9 @@ def main() -> None:
         word_ids = [-1 if w is None else w for w in enc.word_ids()]
         examples.append({"input_ids": enc["input_ids"], "word_ids": word_ids})
 
-    collator = BertCollator.from_tokenizer(
-        tokenizer, max_length=64, whole_word=True, sentence_task=None, seed=0
+    collator = BertCollator(
+        tokenizer, max_length=64, masking=MaskingConfig(whole_word=True), sentence_task=None,
+        seed=0,
     )
     # Each worker draws its own masks (seed + worker id); the same seed gives the same run.
     loader = DataLoader(examples, batch_size=32, shuffle=True, num_workers=2,

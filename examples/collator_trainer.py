@@ -47,7 +47,7 @@ def main() -> None:
         word_ids = [-1 if w is None else w for w in enc.word_ids()]
         examples.append({"input_ids": enc["input_ids"], "word_ids": word_ids})
 
-    collator = SpanBertCollator.from_tokenizer(tokenizer, max_length=64, seed=0)
+    collator = SpanBertCollator(tokenizer, max_length=64, seed=0)
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2,
                         num_attention_heads=2, intermediate_size=256,
                         max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id)

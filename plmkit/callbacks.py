@@ -1,4 +1,9 @@
-"""Small Lightning callbacks plmkit offers for debugging and verification."""
+"""Lightning callbacks: the monitors every run gets, and small ones for debugging.
+
+:func:`monitors` gives every ``plmkit fit`` Lightning's ``LearningRateMonitor`` (``train/lr/*``,
+one per parameter group) and plmkit's :class:`~plmkit.throughput.ThroughputMonitor` (tokens/s
+and MFU, see :mod:`plmkit.throughput`).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,25 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor
+from lightning.pytorch.callbacks import ThroughputMonitor as LightningThroughputMonitor
+
+from plmkit.throughput import ThroughputMonitor
+
+
+def monitors(callbacks: list[Callback], logging: bool) -> list[Callback]:
+    """The monitors to add to ``callbacks``: those of a kind the user has not configured.
+
+    Args:
+        callbacks: the callbacks the trainer already has.
+        logging: whether the trainer has a logger (``LearningRateMonitor`` requires one).
+    """
+    added: list[Callback] = []
+    if logging and not any(isinstance(c, LearningRateMonitor) for c in callbacks):
+        added.append(LearningRateMonitor(logging_interval="step"))
+    if not any(isinstance(c, LightningThroughputMonitor) for c in callbacks):
+        added.append(ThroughputMonitor())
+    return added
 
 
 class BatchFingerprint(L.Callback):

@@ -1,24 +1,25 @@
 """The ``plmkit`` command: fit / validate (LightningCLI) plus plugins, recipes, export,
 evaluate, compare and tokenizer.
 
-``--recipe NAME`` is rewritten into ``--config <recipe file>`` placed right after the
-subcommand, so the recipe is applied first and every later flag overrides it (jsonargparse
-allows only one config argument per parser, hence the rewrite). Plugins are loaded before
-LightningCLI is built so that recipe class paths resolve.
+Every command is a jsonargparse parser, so each takes ``--config FILE`` and ``--print_config``.
+``fit`` and ``validate`` go to the LightningCLI in :mod:`plmkit.lightning_cli` (whose
+``--recipe NAME`` is a config file found through the registry); the others are subcommands of
+the parser built by :func:`_top_parser`. Argument errors become one line,
+``plmkit: error: ...``, with exit status 2.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any, Literal, NoReturn
 
-import yaml
+from jsonargparse import ActionConfigFile, ArgumentParser, DefaultHelpFormatter
 
 from plmkit import __version__
-from plmkit.errors import PlmkitError
+from plmkit.errors import PlmkitError, argument_error
 from plmkit.registry import get_registry
 
 log = logging.getLogger("plmkit")
@@ -52,7 +53,7 @@ COMPARE_HELP = """examples:
   plmkit compare --recipes electra_tiny bert_tiny --budget 5min --probe
   plmkit compare --recipes electra_tiny bert_tiny --budget 1e13 --fit-args '--data.batch_size 16'
 
-BUDGET is FLOPs (2e13, 2e13flops: steps = budget / (flops_per_token x tokens per step)) or
+BUDGET is FLOPs (2e13, 2e13flops: steps = budget / (counted FLOPs per token x tokens per step)) or
 wall time of training (90s, 5min, 1h: --trainer.max_time). Writes OUT/compare.md (table),
 OUT/compare.png (score against compute, one line per recipe) and OUT/compare.json."""
 
@@ -68,140 +69,194 @@ FIT_HELP = """pretrain with a recipe; any recipe value can be overridden, e.g.
   plmkit fit --recipe bert_tiny --ckpt_path last      resume from runs/bert_tiny"""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, not usage + message
-        raise PlmkitError(f"{message}; run '{self.prog} --help'")
+class _Help(DefaultHelpFormatter):
+    """jsonargparse's help, with descriptions and examples kept as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return "".join(indent + line for line in text.splitlines(keepends=True))
 
 
-def _top_parser() -> argparse.ArgumentParser:
+class _Parser(ArgumentParser):
+    """A jsonargparse parser whose errors are one line: ``plmkit: error: ...`` (exit 2)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Help)
+        kwargs.setdefault("exit_on_error", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        flags = {a.dest: a.option_strings[-1] for a in self._actions if a.option_strings}
+        raise argument_error(message, self.prog.replace(" [options]", ""), flags) from ex
+
+
+def _command(sub: Any, name: str, help: str, config: bool = True, **kwargs: Any) -> _Parser:
+    """A subcommand parser with ``--config`` (and so ``--print_config``)."""
+    parser = _Parser(prog=f"plmkit {name}", **kwargs)
+    if config:
+        parser.add_argument("--config", action=ActionConfigFile,
+                            help="a YAML file with this command's options (see --print_config)")
+    sub.add_subcommand(name, parser, help=help)
+    return parser
+
+
+def _top_parser(plugin_options: bool = False) -> _Parser:
+    """The command line; ``plugin_options`` loads the plugins to add their export options.
+
+    ``fit`` and ``validate`` are listed here for ``--help``; :func:`main` hands them to the
+    LightningCLI (:mod:`plmkit.lightning_cli`), which has its own jsonargparse parser.
+    """
     parser = _Parser(
         prog="plmkit",
         description="Pretrain language models with PyTorch Lightning, one plugin per method.",
         epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"plmkit {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    sub.add_parser("fit", help="pretrain (LightningCLI; 'plmkit fit --help' for all options)",
-                   add_help=False)
-    sub.add_parser("validate", help="validate a checkpoint (LightningCLI)", add_help=False)
-    sub.add_parser(
-        "plugins", help="list the loaded plugins and their objectives",
+    sub = parser.add_subcommands(dest="command", required=False, metavar="COMMAND")
+    _command(sub, "fit", "pretrain (LightningCLI; 'plmkit fit --help' for all options)",
+             config=False, description=FIT_HELP)
+    _command(sub, "validate", "validate a checkpoint (LightningCLI)", config=False,
+             description=VALIDATE_HELP)
+    _command(
+        sub, "plugins", "list the loaded plugins and their objectives",
         description="List each objective: name, plugin, distribution and version, description.",
         epilog="example: plmkit plugins",
     )
-    sub.add_parser(
-        "recipes", help="list every recipe with its objective and description",
-        description="List the packaged and plugin-contributed recipes.",
+    _command(
+        sub, "recipes", "list every recipe with its objective and description",
+        description="List the recipes every plugin contributes, built-in ones included.",
         epilog="example: plmkit recipes",
     )
-    export = sub.add_parser(
-        "export", help="write a checkpoint in Hugging Face format",
+    export = _command(
+        sub, "export", "write a checkpoint in Hugging Face format",
         description="Write model, config and tokenizer so AutoModel.from_pretrained loads them.",
-        epilog="example: plmkit export runs/bert_tiny/checkpoints/last.ckpt out/bert_tiny",
+        epilog="example: plmkit export runs/bert_tiny/checkpoints/last.ckpt out/bert_tiny\n\n"
+        "Plugins add options for their own objectives: see 'options from plugins' above\n"
+        "(each with the objectives it applies to in brackets).",
     )
-    export.add_argument("checkpoint", help="a .ckpt file written by 'plmkit fit'")
-    export.add_argument("out_dir", help="folder to write (created if missing)")
-    export.add_argument("--generator", action="store_true",
-                        help="ELECTRA: also export the generator (to OUT_DIR/generator)")
+    export.add_argument("checkpoint", type=str, help="a .ckpt file written by 'plmkit fit'")
+    export.add_argument("out_dir", type=str, help="folder to write (created if missing)")
+    if plugin_options:
+        _add_export_options(export)
     _add_evaluate(sub)
     _add_compare(sub)
     _add_tokenizer(sub)
     return parser
 
 
-def _add_evaluation_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--task", default="wordnet",
-                        help="built-in task (wordnet) or a .csv/.tsv/.jsonl file "
-                        "(default: wordnet)")
+def _add_export_options(parser: ArgumentParser) -> None:
+    """The options plugins declare through the ``plmkit_export_options`` hook."""
+    from plmkit.export import export_options
+
+    group = parser.add_argument_group("options from plugins")
+    for option in export_options().values():
+        text = f"{option.help} [{', '.join(option.objectives)}]"
+        if option.type is bool:
+            group.add_argument(option.flag, dest=option.name, action="store_true", help=text)
+        else:
+            group.add_argument(option.flag, dest=option.name, type=option.type | None,
+                               default=None, metavar=option.type.__name__.upper(), help=text)
+
+
+def _add_evaluation_options(parser: ArgumentParser) -> None:
+    parser.add_argument("--task", type=str, default="wordnet",
+                        help="built-in task (wordnet) or a .csv/.tsv/.jsonl file")
     parser.add_argument("--probe", action="store_true",
                         help="freeze the encoder and train a linear head on pooled features (fast)"
                         "; default: fine-tune the whole model")
     parser.add_argument("--max-train", type=int, default=2000, metavar="N",
-                        help="use at most N training examples, 0 for all (default: 2000)")
+                        help="use at most N training examples, 0 for all")
     parser.add_argument("--max-length", type=int, default=64, metavar="N",
-                        help="tokens per text, longer ones are cut (default: 64)")
-    parser.add_argument("--epochs", type=int, default=None,
+                        help="tokens per text, longer ones are cut")
+    parser.add_argument("--epochs", type=int | None, default=None,
                         help="passes over the training examples (default: 3, probe: 30)")
-    parser.add_argument("--lr", type=float, default=None,
+    parser.add_argument("--lr", type=float | None, default=None,
                         help="peak learning rate (default: 1e-3, probe: 3e-3; base-sized "
                         "models fine-tune better with 2e-5 to 1e-4)")
-    parser.add_argument("--batch-size", type=int, default=None,
+    parser.add_argument("--batch-size", type=int | None, default=None,
                         help="examples per step (default: 32, probe: 256)")
-    parser.add_argument("--pooling", choices=("cls", "mean", "last"), default=None,
-                        help="how a text's token states become one vector (default: per model: "
-                        "last for GPT, mean for the others; cls: the first token)")
-    parser.add_argument("--seed", type=int, default=0, help="default: 0")
+    parser.add_argument("--pooling", type=Literal["cls", "mean", "last"] | None, default=None,
+                        help="how a text's token states become one vector (default: the one "
+                        "the model type's plugin chooses, else mean; cls: the first token, "
+                        "last: the last real token)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--accelerator", type=str, default="auto",
+                        help="where to train: auto (a GPU when there is one), cpu, gpu ...")
+    parser.add_argument("--precision", type=str | None, default=None,
+                        help="Lightning precision, as for 'plmkit fit' (32-true, bf16-mixed, "
+                        "16-mixed ...; default: bf16-mixed on a GPU that supports it, else "
+                        "32-true)")
 
 
-def _add_evaluate(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser(
-        "evaluate", help="fine-tune or probe a pretrained model on a classification task",
+def _add_evaluate(sub: Any) -> None:
+    parser = _command(
+        sub, "evaluate", "fine-tune or probe a pretrained model on a classification task",
         description="Fine-tune (or linearly probe) an exported or checkpointed model on a "
         "labelled text-classification task; report accuracy and macro-F1 on a held-out split.",
-        epilog=EVALUATE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EVALUATE_HELP,
     )
-    parser.add_argument("model", help="a folder from 'plmkit export' or a .ckpt from 'plmkit fit'")
+    parser.add_argument("model", type=str,
+                        help="a folder from 'plmkit export' or a .ckpt from 'plmkit fit'")
     _add_evaluation_options(parser)
-    parser.add_argument("--split", default="test", help="the held-out split (default: test)")
-    parser.add_argument("--text-column", default="text", help="task files: the text column")
-    parser.add_argument("--label-column", default="label", help="task files: the label column")
-    parser.add_argument("--baseline", choices=("random",), default=None,
+    parser.add_argument("--split", type=str, default="test",
+                        help="the held-out split")
+    parser.add_argument("--text-column", type=str, default="text",
+                        help="task files: the text column")
+    parser.add_argument("--label-column", type=str, default="label",
+                        help="task files: the label column")
+    parser.add_argument("--baseline", type=Literal["random"] | None, default=None,
                         help="also train the same architecture from random initialization and "
                         "print the gain from pretraining")
-    parser.add_argument("--json", metavar="PATH", default=None, help="also write the scores here")
+    parser.add_argument("--json", type=str | None, metavar="PATH", default=None,
+                        help="also write the scores here")
 
 
-def _add_compare(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser(
-        "compare", help="pretrain recipes under one compute budget and compare their scores",
+def _add_compare(sub: Any) -> None:
+    parser = _command(
+        sub, "compare", "pretrain recipes under one compute budget and compare their scores",
         description="Pretrain each recipe under the same compute budget, evaluate intermediate "
         "checkpoints downstream and write a markdown table and a PNG plot.",
-        epilog=COMPARE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=COMPARE_HELP,
     )
-    parser.add_argument("--recipes", nargs="+", required=True, metavar="RECIPE",
+    parser.add_argument("--recipes", type=str, nargs="+", required=True, metavar="RECIPE",
                         help="recipe names or .yaml paths ('plmkit recipes')")
-    parser.add_argument("--budget", required=True,
+    parser.add_argument("--budget", type=str, required=True,
                         help="FLOPs per recipe (2e13) or training wall time (90s, 5min, 1h)")
     parser.add_argument("--points", type=int, default=3,
-                        help="checkpoints evaluated per recipe, evenly spaced (default: 3)")
-    parser.add_argument("--out", default="runs/compare",
-                        help="output folder (default: %(default)s)")
-    parser.add_argument("--fit-args", default="", metavar="FLAGS",
+                        help="checkpoints evaluated per recipe, evenly spaced")
+    parser.add_argument("--out", type=str, default="runs/compare",
+                        help="output folder")
+    parser.add_argument("--fit-args", type=str, default="", metavar="FLAGS",
                         help="extra 'plmkit fit' flags for every recipe, one quoted string")
     parser.add_argument("--no-random-init", action="store_true",
                         help="skip the compute-0 point (the architecture from random init)")
     _add_evaluation_options(parser)
 
 
-def _add_tokenizer(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser(
-        "tokenizer", help="tokenizer tools ('plmkit tokenizer train --help')",
-        description="Tokenizer tools.", epilog=TOKENIZER_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    tok_sub = parser.add_subparsers(dest="tokenizer_command", metavar="COMMAND",
-                                    parser_class=_Parser)
-    train = tok_sub.add_parser(
-        "train", help="train a WordPiece, BPE or Unigram tokenizer on a corpus",
+def _add_tokenizer(sub: Any) -> None:
+    parser = _command(sub, "tokenizer", "tokenizer tools ('plmkit tokenizer train --help')",
+                      config=False, description="Tokenizer tools.", epilog=TOKENIZER_HELP)
+    tok_sub = parser.add_subcommands(dest="command", required=False, metavar="COMMAND")
+    train = _command(
+        tok_sub, "train", "train a WordPiece, BPE or Unigram tokenizer on a corpus",
         description="Train a tokenizer on a corpus (the same readers as --data.corpus) and save "
         "it as a Hugging Face tokenizer folder, usable as --data.tokenizer DIR.",
-        epilog=TOKENIZER_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=TOKENIZER_HELP,
     )
-    train.add_argument("corpus", nargs="+",
+    train.prog = "plmkit tokenizer train"
+    train.add_argument("corpus", type=str, nargs="+", metavar="CORPUS",
                        help="'bundled', .txt/.jsonl/.parquet files (gz allowed), folders or globs")
-    train.add_argument("--type", choices=("wordpiece", "bpe", "unigram"), default="wordpiece",
-                       help="tokenizer model (default: wordpiece)")
+    train.add_argument("--type", type=Literal["wordpiece", "bpe", "unigram"],
+                       default="wordpiece", help="tokenizer model")
     train.add_argument("--vocab-size", type=int, default=8192, metavar="N",
-                       help="vocabulary size (default: 8192)")
-    train.add_argument("--out", required=True, metavar="DIR", help="folder to write")
+                       help="vocabulary size")
+    train.add_argument("--out", type=str, required=True, metavar="DIR", help="folder to write")
     train.add_argument("--no-lowercase", action="store_true", help="keep the case of the text")
     train.add_argument("--line-per-document", action="store_true",
                        help=".txt: every line is a document (default: blank-line separated)")
-    train.add_argument("--text-field", default="text",
-                       help=".jsonl/.parquet: the text column (default: text)")
-    train.add_argument("--max-documents", type=int, default=None, metavar="N",
+    train.add_argument("--text-field", type=str, default="text",
+                       help=".jsonl/.parquet: the text column")
+    train.add_argument("--max-documents", type=int | None, default=None, metavar="N",
                        help="use only the first N documents")
 
 
@@ -235,16 +290,17 @@ def cmd_recipes() -> int:
     return 0
 
 
-def cmd_export(args: argparse.Namespace) -> int:
-    from plmkit.export import export_checkpoint
+def cmd_export(args: Any) -> int:
+    from plmkit.export import export_checkpoint, export_options
 
-    options = {"generator": True} if args.generator else {}
+    options = {name: args.get(name) for name in export_options()
+               if args.get(name) not in (None, False)}  # a bool option: only when given
     out = export_checkpoint(args.checkpoint, args.out_dir, **options)
     print(f"exported to {out} (load it with transformers.AutoModel.from_pretrained('{out}'))")
     return 0
 
 
-def _eval_config(args: argparse.Namespace):
+def _eval_config(args: Any):
     from plmkit.evaluate import EvalConfig
 
     for flag in ("max_length", "batch_size"):
@@ -256,10 +312,11 @@ def _eval_config(args: argparse.Namespace):
         probe=args.probe, pooling=args.pooling, max_length=args.max_length,
         max_train=args.max_train or None, epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, seed=args.seed, progress=not args.no_progress,
+        accelerator=args.accelerator, precision=args.precision,
     )
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
+def cmd_evaluate(args: Any) -> int:
     import json
 
     from plmkit.evaluate import check_model, evaluate, load_task
@@ -276,7 +333,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_compare(args: argparse.Namespace) -> int:
+def cmd_compare(args: Any) -> int:
     import shlex
 
     from plmkit.compare import compare, parse_budget
@@ -295,10 +352,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_tokenizer(args: argparse.Namespace) -> int:
-    if args.tokenizer_command != "train":
+def cmd_tokenizer(args: Any) -> int:
+    if args.get("command") != "train":
         _top_parser().parse_args(["tokenizer", "--help"])
         return 0
+    args = args.train
     from plmkit.data.corpus import load_documents
     from plmkit.data.tokenizer import train_tokenizer
 
@@ -324,68 +382,10 @@ def cmd_tokenizer(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- fit / validate
-def resolve_recipe(name_or_path: str) -> tuple[str, Path]:
-    """Find a recipe by name (packaged or from a plugin) or path; check its YAML and objective."""
-    registry = get_registry()
-    path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        if not path.is_file():
-            raise PlmkitError(f"recipe file {path} does not exist; run 'plmkit recipes'")
-        name = path.stem
-    else:
-        spec = registry.recipe(name_or_path)
-        name, path = spec.name, spec.path
-    try:
-        config = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise PlmkitError(
-            f"recipe {path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}; fix the file"
-        ) from exc
-    if not isinstance(config, dict):
-        raise PlmkitError(f"recipe {path} must be a mapping with model/data/trainer sections")
-    model = config.get("model")
-    class_path = model.get("class_path") if isinstance(model, dict) else None
-    if class_path and registry.objective_for_class_path(class_path) is None:
-        module = class_path.rsplit(".", 1)[0]
-        raise PlmkitError(
-            f"recipe '{name}' trains {class_path}, which no installed plugin provides; install "
-            f"the plugin that provides module '{module}' (see 'plmkit plugins')"
-        )
-    return name, path
-
-
-def _rewrite_recipe(argv: list[str]) -> tuple[list[str], str | None]:
-    """``fit ... --recipe X ...`` -> ``fit --config <X.yaml> ... --recipe X ...``.
-
-    Idempotent: DDP re-executes the (already rewritten) command line in each process.
-    """
-    if len(argv) > 2 and argv[1] == "--config" and "--recipe" in argv:
-        return argv, argv[argv.index("--recipe") + 1]
-    for i, arg in enumerate(argv):
-        value = None
-        if arg == "--recipe" and i + 1 < len(argv):
-            value, rest = argv[i + 1], argv[:i] + argv[i + 2 :]
-        elif arg.startswith("--recipe="):
-            value, rest = arg.split("=", 1)[1], argv[:i] + argv[i + 1 :]
-        if value is not None:
-            name, path = resolve_recipe(value)
-            return [rest[0], "--config", str(path), *rest[1:], "--recipe", name], name
-    return argv, None
-
-
 def run_lightning(argv: list[str]) -> int:
-    from plmkit.lightning_cli import PlmkitCLI
+    from plmkit.lightning_cli import run
 
-    argv, recipe = _rewrite_recipe(argv)
-    # LightningCLI reads sys.argv, and Lightning's DDP launcher re-runs it in every process.
-    saved = sys.argv
-    sys.argv = [saved[0] if saved else "plmkit", *argv]
-    try:
-        PlmkitCLI.run(recipe)
-    finally:
-        sys.argv = saved
+    run(argv)
     return 0
 
 
@@ -421,21 +421,23 @@ def main(argv: list[str] | None = None) -> int:
                 finally:  # LightningCLI's help has no examples: add them after it
                     print("\n" + (FIT_HELP if argv[0] == "fit" else VALIDATE_HELP))
             return run_lightning(argv)
-        args = _top_parser().parse_args(argv)
-        if args.command == "plugins":
+        parsed = _top_parser(plugin_options=argv[:1] == ["export"]).parse_args(argv)
+        command = parsed.get("command")
+        if command is None:
+            _top_parser().print_help()
+            return 0
+        args = parsed[command]
+        if command == "plugins":
             return cmd_plugins()
-        if args.command == "recipes":
+        if command == "recipes":
             return cmd_recipes()
-        if args.command == "export":
+        if command == "export":
             return cmd_export(args)
-        if args.command == "evaluate":
+        if command == "evaluate":
             return cmd_evaluate(args)
-        if args.command == "compare":
+        if command == "compare":
             return cmd_compare(args)
-        if args.command == "tokenizer":
-            return cmd_tokenizer(args)
-        _top_parser().print_help()
-        return 0
+        return cmd_tokenizer(args)
     except PlmkitError as exc:
         print(f"plmkit: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -27,15 +27,13 @@ from torch import Tensor
 IGNORE_INDEX = -100
 
 
-def eos_token_id(tokenizer: Any) -> int | None:
-    """The tokenizer's end-of-text id: its ``eos_token_id``, else its separator (plmkit's
-    trained tokenizers use ``[SEP]`` for both)."""
-    eos = tokenizer.eos_token_id
-    return eos if eos is not None else tokenizer.sep_token_id
-
-
 class Collator:
     """Base class: seeding per worker, padding of example fields into batch tensors."""
+
+    #: How many special tokens the collator adds to one block of raw tokens (3 for
+    #: ``[CLS] A [SEP] B [SEP]``); a subclass sets it, per instance when it depends on an
+    #: option. The objective's default ``block_length`` is ``max_length`` minus this.
+    num_special_tokens: int = 0
 
     def __init__(self, seed: int = 0, generator: torch.Generator | None = None) -> None:
         self.seed = seed

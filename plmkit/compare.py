@@ -2,8 +2,9 @@
 
 ``plmkit compare --recipes electra_tiny bert_tiny --budget 2e13`` runs, for every recipe:
 
-1. the compute model: the recipe's objective is built with the run's tokenizer and asked for
-   ``flops_per_token(max_length)``; one optimizer step processes
+1. the compute model: the recipe's objective is built with the run's tokenizer and its
+   training FLOPs per token at ``max_length`` are counted
+   (:func:`plmkit.throughput.flops_per_token`); one optimizer step processes
    ``batch_size x max_length x accumulate_grad_batches x devices`` tokens;
 2. pretraining (``plmkit fit``, in ``OUT/<recipe>``) under the budget:
 
@@ -25,9 +26,7 @@ one line per recipe) and ``OUT/compare.json``. Validation during pretraining is 
 
 from __future__ import annotations
 
-import contextlib
 import datetime
-import io
 import json
 import re
 import shlex
@@ -37,8 +36,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-
-import yaml
 
 from plmkit.errors import PlmkitError
 from plmkit.evaluate import EvalConfig, Task, load_task, score_model
@@ -99,31 +96,18 @@ class CostModel:
         return self.flops_per_token * self.tokens_per_step
 
 
-def _quiet_main(argv: list[str]) -> tuple[int, str]:
-    from plmkit.cli import main
-
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        try:
-            code = main(argv)
-        except SystemExit as exc:
-            code = int(exc.code or 0)
-    return code, out.getvalue()
-
-
 def resolved_config(recipe: str, fit_args: list[str]) -> dict[str, Any]:
     """The merged config ``plmkit fit --recipe RECIPE FIT_ARGS`` would train with."""
-    code, out = _quiet_main(["fit", "--recipe", recipe, *fit_args, "--print_config"])
-    if code != 0:
-        raise PlmkitError(f"recipe {recipe} with --fit-args {' '.join(fit_args)!r} is invalid "
-                          "(see the error above)")
-    return yaml.safe_load(out)
+    from plmkit.lightning_cli import resolved_config as resolve
+
+    return resolve(recipe, fit_args)
 
 
 def cost_model(config: dict[str, Any]) -> CostModel:
     """Build the recipe's objective with its tokenizer and ask it what a step costs."""
     from plmkit.data.datamodule import PretrainDataModule
     from plmkit.registry import get_registry
+    from plmkit.throughput import flops_per_token
 
     model = config["model"]
     spec = get_registry().objective_for_class_path(model["class_path"])
@@ -142,7 +126,7 @@ def cost_model(config: dict[str, Any]) -> CostModel:
     nodes = trainer.get("num_nodes") or 1
     accumulate = trainer.get("accumulate_grad_batches") or 1
     tokens = data.batch_size * data.max_length * accumulate * devices * nodes
-    return CostModel(spec.name, float(objective.flops_per_token(data.max_length)), tokens)
+    return CostModel(spec.name, flops_per_token(objective, data.max_length), tokens)
 
 
 # ------------------------------------------------------------------------------ results
@@ -273,12 +257,10 @@ def _prepare_run_dir(run_dir: Path) -> None:
     (run_dir / _MARKER).write_text("written by plmkit compare; deleted by the next run\n")
 
 
-def _fit(argv: list[str], recipe: str) -> None:
-    from plmkit.cli import main
+def _fit(recipe: str, overrides: list[str]) -> None:
+    from plmkit.lightning_cli import fit
 
-    code = main(argv)
-    if code != 0:
-        raise PlmkitError(f"pretraining {recipe} failed (exit status {code}; see above)")
+    fit(recipe, overrides)
 
 
 def _step_of(path: Path) -> int:
@@ -300,16 +282,16 @@ def pretrain(
     fit_args: list[str], progress: bool,
 ) -> list[tuple[Path, int, float | None]]:
     """Pretrain ``recipe`` under ``budget``; ``[(checkpoint, step, minutes or None), ...]``."""
-    base = ["fit", "--recipe", recipe, "--trainer.default_root_dir", str(run_dir),
+    base = ["--trainer.default_root_dir", str(run_dir),
             "--trainer.limit_val_batches", "0",
             "--trainer.enable_progress_bar", str(progress).lower()]
     if budget.kind == "flops":
         steps = max(points, round(budget.value / cost.flops_per_step))
         every = max(1, steps // points)
         steps = every * points
-        _fit([*base, *fit_args, "--trainer.max_steps", str(steps),
+        _fit(recipe, [*base, *fit_args, "--trainer.max_steps", str(steps),
               "--checkpoint.every_n_train_steps", str(every),
-              "--checkpoint.save_top_k", "-1"], recipe)
+              "--checkpoint.save_top_k", "-1"])
         found = [p for p in (run_dir / "checkpoints").glob("*.ckpt") if p.name != "last.ckpt"]
         by_step = {_step_of(p): p for p in found}
         return [(by_step[s], s, None) for s in sorted(by_step) if s > 0]
@@ -317,8 +299,8 @@ def pretrain(
     for k in range(1, points + 1):
         seconds = budget.value * k / points
         resume = ["--ckpt_path", "last"] if k > 1 else []
-        _fit([*base, "--trainer.max_steps", str(10**7), *fit_args,
-              "--trainer.max_time", _hms(seconds), *resume], recipe)
+        _fit(recipe, [*base, "--trainer.max_steps", str(10**7), *fit_args,
+              "--trainer.max_time", _hms(seconds), *resume])
         last = run_dir / "checkpoints" / "last.ckpt"
         if not last.is_file():
             raise PlmkitError(f"pretraining {recipe} wrote no checkpoint in {last.parent}")
@@ -341,7 +323,7 @@ def compare(
 ) -> Report:
     """Pretrain every recipe under ``budget``, evaluate ``points`` checkpoints of each (and the
     random-init architecture at compute 0), write ``compare.md/.png/.json`` into ``out``."""
-    from plmkit.cli import resolve_recipe
+    from plmkit.lightning_cli import resolve_recipe
 
     cfg = config or EvalConfig()
     fit_args = list(fit_args or [])
@@ -395,3 +377,4 @@ def _budget_text(budget: Budget) -> str:
 
 __all__ = ["Budget", "CostModel", "Point", "Report", "compare", "cost_model", "parse_budget",
            "plot", "pretrain", "resolved_config"]
+

@@ -1,6 +1,8 @@
 """LightningCLI subclass behind ``plmkit fit`` and ``plmkit validate``.
 
-It adds ``--recipe`` (resolved by :mod:`plmkit.cli`), a checkpoint callback exposed as
+It adds ``--recipe`` (a default config file: :class:`RecipeAction` resolves a recipe name or
+path through the registry and loads it like ``--config`` where it appears), a checkpoint
+callback exposed as
 ``--checkpoint.*``, and one stable run folder (``runs/<recipe>`` unless
 ``--trainer.default_root_dir`` says otherwise, so ``--ckpt_path last`` finds the run)::
 
@@ -14,22 +16,29 @@ flag (:mod:`plmkit.distributed`, docs/distributed.md), and a resume is checked b
 is written: the checkpoint's objective and tokenizer must match the command line.
 
 It also turns argument errors into one-line PlmkitErrors.
+
+Python callers use :func:`resolved_config` (the merged config a command line would train with)
+and :func:`fit` (train, return the run folder) instead of going through the ``plmkit`` command.
 """
 
 from __future__ import annotations
 
-import re
+import contextlib
 import sys
+from argparse import Action
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from jsonargparse import ArgumentError
+import yaml
+from jsonargparse import ActionConfigFile, ArgumentError, set_parsing_settings
 from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+from plmkit.callbacks import monitors
 from plmkit.checkpoint_io import AtomicCheckpointIO, PlmkitModelCheckpoint
 from plmkit.data.datamodule import PretrainDataModule
 from plmkit.data.tokenizer import (
@@ -39,7 +48,7 @@ from plmkit.data.tokenizer import (
     tokenizer_from_state,
 )
 from plmkit.distributed import resolve_strategy  # also registers --trainer.strategy fsdp2
-from plmkit.errors import PlmkitError
+from plmkit.errors import PlmkitError, argument_error
 from plmkit.export import read_checkpoint
 from plmkit.objective import Objective
 from plmkit.registry import get_registry
@@ -68,15 +77,17 @@ class SaveRunConfig(SaveConfigCallback):
 class PlmkitCLI(LightningCLI):
     """``plmkit fit|validate``: LightningCLI with recipes, a stable run folder and resume."""
 
-    recipe: str | None = None
-
-    @classmethod
-    def run(cls, recipe: str | None) -> PlmkitCLI:
-        """Parse ``sys.argv`` and run the subcommand."""
+    def __init__(self, args: Sequence[str] | None = None, parse_only: bool = False) -> None:
+        """Parse ``args`` (default: ``sys.argv``) and run the subcommand; ``parse_only`` stops
+        after parsing (``self.config``), instantiating nothing."""
         get_registry()  # load plugins first so recipe class paths resolve
-        cls.recipe = recipe
+        # the attribute docstrings of the typed config blocks (plmkit.config) become --help
+        set_parsing_settings(docstring_parse_attribute_docstrings=True)
+        self._parse_only = parse_only
+        argv = sys.argv[1:] if args is None else list(args)
+        command = f"plmkit {argv[0] if argv[:1] == ['validate'] else 'fit'}"
         try:
-            return cls(
+            super().__init__(
                 Objective,
                 PretrainDataModule,
                 subclass_mode_model=True,
@@ -89,9 +100,31 @@ class PlmkitCLI(LightningCLI):
                 } | {"exit_on_error": False},
                 seed_everything_default=0,
                 trainer_defaults={"max_steps": 1000, "log_every_n_steps": 10},
+                args=None if args is None else list(args),
             )
         except ArgumentError as exc:
-            raise PlmkitError(_one_line(str(exc))) from exc
+            raise argument_error(str(exc), command) from exc
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        # no warning about args beside sys.argv: plmkit passes its own argv in-process
+        self.config = parser.parse_args(args)
+
+    def _set_seed(self) -> None:
+        if not self._parse_only:
+            super()._set_seed()
+
+    def instantiate_classes(self) -> None:
+        if not self._parse_only:
+            super().instantiate_classes()
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        if not self._parse_only:
+            super()._run_subcommand(subcommand)
+
+    @property
+    def recipe(self) -> str | None:
+        """The ``--recipe`` name of the parsed command, if any."""
+        return self.config[self.config["subcommand"]].get("recipe")
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -102,8 +135,9 @@ class PlmkitCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
-            "--recipe", type=str | None, default=None,
-            help="recipe name ('plmkit recipes') or .yaml path, applied before other flags",
+            "--recipe", action=RecipeAction, default=None,
+            help="recipe name ('plmkit recipes') or .yaml path: loaded like --config where it "
+            "appears, so flags after it override it",
         )
         parser.add_argument(
             "--overwrite", type=bool, default=False,
@@ -145,7 +179,10 @@ class PlmkitCLI(LightningCLI):
         for callback in callbacks:
             if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
                 callback.dirpath = str(run_dir / "checkpoints")
-        callbacks = [*callbacks, SaveTokenizer()]
+        logging = config.get("logger") not in (None, False, [])
+        given = config.get("callbacks")  # --trainer.callbacks
+        given = given if isinstance(given, list) else [given] if given else []
+        callbacks = [*callbacks, SaveTokenizer(), *monitors([*given, *callbacks], logging)]
         config["strategy"] = resolve_strategy(config.get("strategy", "auto"))
         config["plugins"] = _with_atomic_checkpoint_io(config.get("plugins"),
                                                        config.get("strategy"))
@@ -227,6 +264,87 @@ class PlmkitCLI(LightningCLI):
             print(f"export with: plmkit export {last} <out_dir>", file=sys.stderr)
 
 
+def resolve_recipe(name_or_path: str) -> tuple[str, Path]:
+    """Find a recipe by name (from a plugin) or path; check its YAML and objective."""
+    registry = get_registry()
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise PlmkitError(f"recipe file {path} does not exist; run 'plmkit recipes'")
+        name = path.stem
+    else:
+        spec = registry.recipe(name_or_path)
+        name, path = spec.name, spec.path
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise PlmkitError(
+            f"recipe {path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}; fix the file"
+        ) from exc
+    if not isinstance(config, dict):
+        raise PlmkitError(f"recipe {path} must be a mapping with model/data/trainer sections")
+    model = config.get("model")
+    class_path = model.get("class_path") if isinstance(model, dict) else None
+    if class_path and registry.objective_for_class_path(class_path) is None:
+        module = class_path.rsplit(".", 1)[0]
+        raise PlmkitError(
+            f"recipe '{name}' trains {class_path}, which no installed plugin provides; install "
+            f"the plugin that provides module '{module}' (see 'plmkit plugins')"
+        )
+    return name, path
+
+
+class RecipeAction(Action):
+    """``--recipe NAME|PATH``: a config file found through the registry.
+
+    It loads the recipe like ``--config`` at its place on the command line (flags after it
+    override it) and records the recipe's name under ``recipe``, which names the run folder.
+    In a config file, ``recipe:`` is only that name (the file already holds the values).
+    """
+
+    def __call__(self, parser: Any, cfg: Any, values: Any, option_string: str | None = None):
+        name, path = resolve_recipe(str(values))
+        ActionConfigFile.apply_config(parser, cfg, self.dest, str(path))
+        cfg[self.dest] = name
+
+
+@contextlib.contextmanager
+def _argv(args: list[str]) -> Iterator[None]:
+    # Lightning's DDP launcher re-runs sys.argv in every process: make it this command
+    saved = sys.argv
+    sys.argv = [saved[0] if saved else "plmkit", *args]
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
+def resolved_config(recipe: str | None, overrides: Sequence[str] = (),
+                    subcommand: str = "fit") -> dict[str, Any]:
+    """The merged config ``plmkit fit --recipe RECIPE OVERRIDES`` would train with, as the
+    plain dict ``--print_config`` shows (``model: {class_path, init_args}``, ``trainer``, ...)."""
+    args = [subcommand, *(["--recipe", recipe] if recipe else []), *overrides]
+    cli = PlmkitCLI(args, parse_only=True)
+    parser = cli._subcommand_parsers[subcommand]
+    return yaml.safe_load(parser.dump(cli.config[subcommand], skip_none=False))
+
+
+def fit(recipe: str | None, overrides: Sequence[str] = ()) -> Path:
+    """Train like ``plmkit fit --recipe RECIPE OVERRIDES``; returns the run folder."""
+    args = ["fit", *(["--recipe", recipe] if recipe else []), *overrides]
+    with _argv(args):
+        cli = PlmkitCLI(args)
+    return Path(cli.trainer.default_root_dir)
+
+
+def run(args: Sequence[str]) -> None:
+    """``plmkit fit|validate ARGS`` (``args`` starts with the subcommand)."""
+    with _argv(list(args)):
+        PlmkitCLI()
+
+
 def _with_atomic_checkpoint_io(plugins: Any, strategy: Any) -> list[Any]:
     """The trainer's plugins plus :class:`AtomicCheckpointIO`, unless a CheckpointIO is set."""
     if plugins is None:
@@ -243,18 +361,3 @@ def _with_atomic_checkpoint_io(plugins: Any, strategy: Any) -> list[Any]:
 def _first_line(exc: BaseException) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return lines[0] if lines else type(exc).__name__
-
-
-def _one_line(message: str) -> str:
-    """jsonargparse's nested, multi-line error -> ``invalid value for a.b: <innermost reason>``."""
-    lines = [line.strip() for line in message.splitlines() if line.strip()]
-    keys = [m.group(1) for line in lines if (m := re.match(r'Parser key "([^"]+)"', line))]
-    last_key = max((i for i, ln in enumerate(lines) if ln.startswith("Parser key")), default=-1)
-    detail = lines[last_key + 1] if 0 <= last_key < len(lines) - 1 else ""
-    if keys:
-        key = ".".join(dict.fromkeys(k for k in keys))
-        inline = lines[last_key].split(":", 1)[1].strip() if ":" in lines[last_key] else ""
-        text = f"invalid value for {key}: {inline or detail}"
-    else:
-        text = lines[0] if lines else "invalid arguments"
-    return f"{text}; run 'plmkit fit --help'"

@@ -16,6 +16,10 @@ id -1 is a one-token word of its own). A word holding any non-candidate token (s
 padding) is never selected, and a span never extends across such a word. Both loop over
 *rounds* of span proposals (one proposal per row per round, all rows at once), never over
 tokens; the number of rounds is about the number of spans a row receives.
+
+Two window helpers close the module: :func:`window_count` (sums over a window around every
+position) and :func:`greedy_non_overlapping` (non-overlapping fixed-length windows, leftmost
+first), for collators that place n-token windows of their own.
 """
 
 from __future__ import annotations
@@ -81,9 +85,11 @@ def select_exact(
 ) -> Tensor:
     """Select ``counts[b]`` random candidate positions in row ``b`` (an exact count).
 
-    With ``unit_ids`` (e.g. word ids for whole-word masking) whole units are taken in random
-    order while the running token count stays within the budget (at least one unit per row
-    that has any); a unit with a non-candidate token is never taken.
+    With ``unit_ids`` (e.g. word ids for whole-word masking) whole units are offered in random
+    order and a unit is taken when it fits in what is left of the budget, else skipped for
+    the next one, as in BERT's ``create_masked_lm_predictions``: a row never exceeds its
+    budget, and ends under it only when no remaining unit fits. A unit with a non-candidate
+    token is never taken.
     """
     if unit_ids is None:
         keys = torch.rand(candidates.shape, generator=generator)
@@ -91,14 +97,24 @@ def select_exact(
         ranks = keys.argsort(dim=1).argsort(dim=1)
         return (ranks < counts.unsqueeze(1)) & candidates
 
-    sizes, valid, num_units = _unit_table(unit_ids, candidates)
+    sizes, valid, _ = _unit_table(unit_ids, candidates)
     keys = torch.rand(sizes.shape, generator=generator).masked_fill(~valid, 2.0)
     order = keys.argsort(dim=1)
-    sorted_sizes = sizes.gather(1, order) * valid.gather(1, order)
-    running = sorted_sizes.cumsum(dim=1)
-    take_sorted = (running <= counts.unsqueeze(1)) & valid.gather(1, order)
-    # never select nothing: the first (random) valid unit is always taken
-    take_sorted[:, 0] |= valid.gather(1, order)[:, 0] & (counts > 0)
+    sorted_sizes = sizes.gather(1, order)
+    open_ = valid.gather(1, order)
+    take_sorted = torch.zeros_like(open_)
+    room = counts.clone().long()
+    # Each pass takes, in order, the open units up to the first that overshoots; that one
+    # cannot fit later either (the room only shrinks), so it is closed by the next pass. A
+    # pass takes at least one unit, so there are at most ``max(counts) + 1`` passes.
+    while True:
+        open_ &= sorted_sizes <= room.unsqueeze(1)
+        if not bool(open_.any()):
+            break
+        fits = open_ & ((sorted_sizes * open_).cumsum(dim=1) <= room.unsqueeze(1))
+        take_sorted |= fits
+        room -= (sorted_sizes * fits).sum(dim=1)
+        open_ &= ~fits
     take = torch.zeros_like(take_sorted).scatter_(1, order, take_sorted)
     return take.gather(1, unit_ids.clamp(min=0)) & (unit_ids >= 0)
 
@@ -417,3 +433,53 @@ def select_geometric_spans(
         selected |= new
         remaining -= new.long().sum(dim=1)
     return selected, run_ids(selected)
+
+
+# ------------------------------------------------------------------- window helpers
+# Small helpers over fixed-length windows of positions, shared by collators that place
+# non-overlapping n-token windows (StructBERT's shuffled trigrams, ERNIE's lexicon matches).
+def window_count(x: Tensor, left: int, right: int) -> Tensor:
+    """For every position s, the sum of ``x[:, s + left : s + right + 1]`` (clipped to the row).
+
+    ``x`` is a (B, L) bool or integer tensor; returns (B, L) long. ``left``/``right`` are
+    offsets relative to ``s`` and may be negative (e.g. ``(-(n - 1), -1)`` looks back over the
+    ``n - 1`` previous positions).
+    """
+    batch, length = x.shape
+    prefix = torch.cat([torch.zeros(batch, 1, dtype=torch.long), x.long().cumsum(dim=1)], 1)
+    # prefix[:, clamp(s + k, 0, length)] for all s, as a slice of an edge-padded copy
+    pad = max(abs(left), abs(right) + 1)
+    edged = torch.cat(
+        [prefix[:, :1].expand(batch, pad), prefix, prefix[:, -1:].expand(batch, pad)], dim=1
+    )
+    hi = edged[:, pad + right + 1 : pad + right + 1 + length]
+    lo = edged[:, pad + left : pad + left + length]
+    return hi - lo
+
+
+def greedy_non_overlapping(starts: Tensor, length: int) -> Tensor:
+    """Keep non-overlapping windows ``[s, s + length)`` from candidate starts, leftmost first.
+
+    Equals the greedy left-to-right scan (accept a window unless it overlaps one already
+    accepted), computed in vectorized rounds: a candidate with no remaining candidate
+    starting in ``(s - length, s)`` is accepted, the candidates it overlaps are dropped,
+    repeat. Rounds are few (the longest chain of mutually overlapping candidates).
+
+    Args:
+        starts: (B, W) bool candidate window starts.
+        length: the window length in positions.
+
+    Returns:
+        (B, W) bool, the accepted starts (a new tensor).
+    """
+    if length <= 1 or not bool(starts.any()):
+        return starts.clone()
+    accepted = torch.zeros_like(starts)
+    remaining = starts.clone()
+    while bool(remaining.any()):
+        earlier = window_count(remaining, -(length - 1), -1) > 0
+        take = remaining & ~earlier
+        accepted |= take
+        blocked = window_count(take, -(length - 1), length - 1) > 0
+        remaining &= ~blocked
+    return accepted

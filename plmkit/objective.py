@@ -1,7 +1,8 @@
 """The abstract core LightningModule that every pretraining method subclasses.
 
 The core owns what is the same for every method: the training and validation steps, logging
-(loss, named metrics, learning rate, tokens/s, MFU), the optimizer (AdamW, fused kernel where
+(loss, named metrics; learning rate, tokens/s and MFU come from Lightning's callbacks, see
+:mod:`plmkit.throughput`), the optimizer (AdamW, fused kernel where
 the parameters allow it, no weight decay on biases and norms) and the LR schedule (warmup,
 then linear / cosine / inverse-sqrt / constant).
 
@@ -10,7 +11,6 @@ A method supplies, by overriding the abstract methods below:
   * ``build_collator``     its collator (masking / corruption / pairing), a plain callable;
   * ``compute_loss``       the loss and the named metrics to log, from one batch;
   * ``block_classes``      its repeated blocks (FSDP wrapping, activation checkpointing);
-  * ``flops_per_token``    training FLOPs per token (for MFU); a 6N + attention default exists;
   * ``export``             how to write it in Hugging Face format; ``save_pretrained`` default.
 
 Optional hooks with defaults: ``block_length``, ``special_tokens``, ``max_positions`` (the
@@ -25,13 +25,13 @@ loss on any rank is seen by all of them (``on_nonfinite``: stop or skip the step
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
-import time
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -40,16 +40,35 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerFast, get_scheduler
 
+from plmkit.data.loader import NUM_TOKENS_KEY
 from plmkit.data.tokenizer import tokenizer_to_state
 from plmkit.errors import PlmkitError
 
 log = logging.getLogger("plmkit")
 
-Packing = Literal["document", "stream"]
+Packing = Literal["document", "stream", "sentences"]
 OnNonFinite = Literal["stop", "skip"]
 
 #: ``on_nonfinite="skip"`` stops anyway after this many non-finite losses in a row.
 MAX_CONSECUTIVE_SKIPS = 100
+
+#: Layout of the hyperparameters in a checkpoint. 2: typed ``encoder``/``masking`` blocks
+#: (plmkit 0.2); checkpoints without the field are format 1 (plmkit 0.1, loose arguments).
+CHECKPOINT_FORMAT = 2
+
+
+def check_checkpoint_format(meta: dict[str, Any], path: str | Path = "the checkpoint") -> None:
+    """A one-line error for a checkpoint whose hyperparameters this plmkit cannot rebuild."""
+    found = int(meta.get("format", 1))
+    if found != CHECKPOINT_FORMAT:
+        from plmkit import __version__
+
+        written_by = meta.get("version", "0.1")
+        raise PlmkitError(
+            f"{path} was written by plmkit {written_by} (checkpoint format {found}); plmkit "
+            f"{__version__} reads format {CHECKPOINT_FORMAT} only: export it to Hugging Face "
+            f"format with plmkit {written_by}, or train it again"
+        )
 
 
 @dataclass(frozen=True)
@@ -112,13 +131,16 @@ class Objective(L.LightningModule, ABC):
                 backward pass instead of storing its activations.
         """
         super().__init__()
-        # Collects the subclass's init arguments too; the optimizer settings are stored as a
-        # plain dict so checkpoints load with ``torch.load(weights_only=True)``.
-        self.save_hyperparameters()
+        self.save_hyperparameters(frame=_outermost_init_frame(self))
         if isinstance(optim, dict):
             optim = OptimConfig(**{k: tuple(v) if k == "betas" else v for k, v in optim.items()})
         self.optim = optim or OptimConfig()
         self.hparams["optim"] = asdict(self.optim)
+        # typed config blocks are stored as plain dicts, so that checkpoints load with
+        # ``torch.load(weights_only=True)`` and ``type(self)(**hparams)`` rebuilds the objective
+        for key, value in list(self.hparams.items()):
+            if is_dataclass(value) and not isinstance(value, type):
+                self.hparams[key] = asdict(value)
         self.compile = compile
         if on_nonfinite not in ("stop", "skip"):
             raise PlmkitError(f"model.on_nonfinite must be 'stop' or 'skip', got {on_nonfinite!r}")
@@ -131,7 +153,6 @@ class Objective(L.LightningModule, ABC):
         self.model: nn.Module | None = None
         self.tokenizer: PreTrainedTokenizerFast | None = None
         self.max_length: int = 0
-        self._last_step_time: float | None = None
 
     # ---------------------------------------------------------------- what a method supplies
     @abstractmethod
@@ -157,9 +178,11 @@ class Objective(L.LightningModule, ABC):
     def block_length(self, max_length: int) -> int:
         """Raw tokens per packed block for a model input of ``max_length`` tokens.
 
-        The default keeps room for ``[CLS] A [SEP] B [SEP]``; methods override it.
+        The default leaves room for the special tokens the collator adds
+        (:attr:`plmkit.collator.Collator.num_special_tokens`); a method overrides it only
+        when its corruption changes the length (T5's spans).
         """
-        return max_length - 3
+        return max_length - self.build_collator().num_special_tokens
 
     def special_tokens(self) -> list[str]:
         """Extra special tokens this objective needs in the vocabulary (e.g. sentinels)."""
@@ -168,25 +191,11 @@ class Objective(L.LightningModule, ABC):
     def max_positions(self) -> int | None:
         """The longest model input (``data.max_length``) this objective's model supports.
 
-        ``None`` means no limit (relative positions). The default is the objective's
-        ``max_position_embeddings`` argument when it has one; a longer ``data.max_length`` is
-        a one-line error before training instead of a silently grown position table.
+        ``None`` (the default) means no limit (relative positions). A method with learned
+        positions returns their number, so that a longer ``data.max_length`` is a one-line
+        error before training instead of a silently grown position table.
         """
-        value = getattr(self, "max_position_embeddings", None)
-        return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-    def flops_per_token(self, seq_len: int) -> float:
-        """Training FLOPs per token: 6N for the weights plus the attention scores.
-
-        Uses the non-embedding parameter count N and, when the model config has them,
-        ``num_hidden_layers`` and ``hidden_size`` for the 12 * layers * hidden * seq term.
-        """
-        assert self.model is not None
-        n = sum(p.numel() for name, p in self.model.named_parameters() if "embed" not in name)
-        config = getattr(self.model, "config", None)
-        layers = getattr(config, "num_hidden_layers", 0)
-        hidden = getattr(config, "hidden_size", 0)
-        return 6.0 * n + 12.0 * layers * hidden * seq_len
+        return None
 
     def export_model(self) -> nn.Module:
         """The Hugging Face model that ``plmkit export`` saves (default: ``self.model``)."""
@@ -196,7 +205,8 @@ class Objective(L.LightningModule, ABC):
     def export(self, out_dir: str | Path, **options: Any) -> None:
         """Write the model, its config and the tokenizer in Hugging Face format.
 
-        ``options`` are method-specific (e.g. ELECTRA's ``generator=True``).
+        ``options`` are the method's own, declared to ``plmkit export`` through the
+        ``plmkit_export_options`` hook (:class:`plmkit.export.ExportOption`).
         """
         model = self.export_model()
         model.save_pretrained(str(out_dir))  # type: ignore[operator]
@@ -259,7 +269,11 @@ class Objective(L.LightningModule, ABC):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         assert self.tokenizer is not None
+        from plmkit import __version__
+
         checkpoint["plmkit"] = {
+            "format": CHECKPOINT_FORMAT,
+            "version": __version__,
             "objective": self.objective_name,
             "max_length": self.max_length,
             **tokenizer_to_state(self.tokenizer),
@@ -271,6 +285,7 @@ class Objective(L.LightningModule, ABC):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         meta = checkpoint.get("plmkit", {})
+        check_checkpoint_format(meta)
         self.nonfinite_skipped = int(meta.get("nonfinite_skipped", 0))
         if "rng_cpu" in meta:
             torch.set_rng_state(meta["rng_cpu"])
@@ -279,8 +294,7 @@ class Objective(L.LightningModule, ABC):
 
     # --------------------------------------------------------------------------- the loop
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        num_tokens = batch.pop("_num_tokens", None)
-        loss, metrics = self.loss_and_metrics(batch)
+        loss, metrics = self.loss_and_metrics(_model_inputs(batch))
         # one all-reduce for the loss and every metric (none with a single process): the
         # logged values are the mean over ranks, and all ranks see a non-finite loss together
         logged_loss, metrics = self._mean_over_ranks(loss, metrics)
@@ -292,18 +306,16 @@ class Objective(L.LightningModule, ABC):
         self.log("train/loss", logged_loss, prog_bar=True)
         for name, value in metrics.items():
             self.log(f"train/{name}", value)
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"])  # type: ignore[union-attr]
         if self.on_nonfinite == "skip":
             self.log("train/nonfinite_skipped", float(self.nonfinite_skipped))
-        self._log_throughput(num_tokens)
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        batch.pop("_num_tokens", None)
-        loss, metrics = self.loss_and_metrics(batch)
-        self.log("val/loss", loss, prog_bar=True, sync_dist=True)
+        loss, metrics = self.loss_and_metrics(_model_inputs(batch))
+        rows = len(batch["input_ids"])  # the epoch mean weights batches by their rows
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=rows)
         for name, value in metrics.items():
-            self.log(f"val/{name}", value, sync_dist=True)
+            self.log(f"val/{name}", value, sync_dist=True, batch_size=rows)
 
     def on_before_optimizer_step(self, optimizer: Any) -> None:
         """Drop every gradient of a step whose loss was non-finite (``on_nonfinite="skip"``):
@@ -369,19 +381,6 @@ class Objective(L.LightningModule, ABC):
             "or pass --model.on_nonfinite skip"
         )
 
-    def _log_throughput(self, num_tokens: int | None) -> None:
-        now = time.perf_counter()
-        if num_tokens is not None and self._last_step_time is not None:
-            elapsed = now - self._last_step_time
-            tokens_per_sec = num_tokens * self.trainer.world_size / max(elapsed, 1e-9)
-            self.log("train/tokens_per_sec", tokens_per_sec, prog_bar=True)
-            peak = _peak_flops(self.device)
-            if peak and self.max_length:
-                mfu = tokens_per_sec * self.flops_per_token(self.max_length) / peak
-                # per device: the progress bar shows it beside tokens/s
-                self.log("train/mfu", mfu / self.trainer.world_size, prog_bar=True)
-        self._last_step_time = now
-
     # --------------------------------------------------------------------------- optimizer
     def configure_optimizers(self) -> Any:
         decay, no_decay = [], []
@@ -391,8 +390,8 @@ class Objective(L.LightningModule, ABC):
             # Biases, norm weights and other 1-D parameters get no weight decay.
             (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
         groups = [
-            {"params": decay, "weight_decay": self.optim.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
+            {"params": decay, "weight_decay": self.optim.weight_decay, "name": "decay"},
+            {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},
         ]
         # the fused kernel (one pass over every parameter instead of a dozen per-tensor ops;
         # transformers' Trainer default since torch 2.8) on plain CPU / CUDA parameters; the
@@ -418,14 +417,27 @@ class Objective(L.LightningModule, ABC):
         if self.optim.schedule in ("linear", "cosine"):
             kwargs["num_training_steps"] = total if math.isfinite(total) else 10**9
         scheduler = get_scheduler(_SCHEDULES[self.optim.schedule], optimizer, **kwargs)
-        schedule = {"scheduler": scheduler, "interval": "step"}
+        # LearningRateMonitor logs train/lr/decay and train/lr/no_decay
+        schedule = {"scheduler": scheduler, "interval": "step", "name": "train/lr"}
         return {"optimizer": optimizer, "lr_scheduler": schedule}
 
 
-def _peak_flops(device: torch.device) -> float | None:
-    """The device's peak FLOP/s when Lightning knows it (GPUs), else None."""
-    if device.type != "cuda":
-        return None
-    from lightning.fabric.utilities.throughput import get_available_flops
+def _outermost_init_frame(module: nn.Module) -> Any:
+    """The frame of the most derived ``__init__`` running for ``module``.
 
-    return get_available_flops(device, torch.bfloat16)
+    Lightning's ``save_hyperparameters`` merges the arguments of every ``__init__`` in the
+    chain, so an argument that a subclass fixes (``super().__init__(nsp=False, **kwargs)``)
+    would leak into the checkpoint and ``type(self)(**hparams)`` would fail. Starting from the
+    outermost frame keeps exactly the arguments of the class that was constructed.
+    """
+    frame = inspect.currentframe().f_back  # type: ignore[union-attr]  # Objective.__init__
+    while (frame.f_back is not None and frame.f_back.f_code.co_name == "__init__"
+           and frame.f_back.f_locals.get("self") is module):
+        frame = frame.f_back
+    return frame
+
+
+def _model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
+    """The batch without the loader's token count, which stays in ``batch`` for the
+    throughput callback (:func:`plmkit.throughput.batch_tokens`)."""
+    return {key: value for key, value in batch.items() if key != NUM_TOKENS_KEY}

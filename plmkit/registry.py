@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 import yaml
@@ -24,6 +24,8 @@ from plmkit import hookspecs
 from plmkit.errors import PlmkitError, PluginError
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from plmkit.objective import Objective
 
 hookimpl = pluggy.HookimplMarker("plmkit")
@@ -127,13 +129,9 @@ class Registry:
     # -- recipes --------------------------------------------------------------------------
     @functools.cached_property
     def recipes(self) -> dict[str, RecipeSpec]:
+        """Every recipe from the ``plmkit_recipe_dirs`` hook, built-in plugins included."""
         found: dict[str, RecipeSpec] = {}
-        core = PluginInfo("plmkit", BUILTIN_DISTRIBUTION, _core_version())
-        sources = [(core, [packaged_recipe_dir()])] + [
-            (self._info(name), dirs)
-            for name, dirs in _hook_results_by_plugin(self.manager, "plmkit_recipe_dirs")
-        ]
-        for info, dirs in sources:
+        for info, dirs in self.results_by_plugin("plmkit_recipe_dirs"):
             for directory in dirs or []:
                 for path in sorted(Path(directory).glob("*.yaml")):
                     if path.stem in found:
@@ -154,6 +152,13 @@ class Registry:
             )
         return self.recipes[name]
 
+    def results_by_plugin(self, hook_name: str, **kwargs: Any) -> Iterator[tuple[PluginInfo, Any]]:
+        """Call hook ``hook_name`` through the plugin manager once per implementing plugin,
+        in registration order: ``(plugin, its result)``, so that a conflict between two
+        plugins' results can name both."""
+        for plugin_name, result in _call_per_plugin(self.manager, hook_name, **kwargs):
+            yield self._info(plugin_name), result
+
     def _info(self, plugin_name: str) -> PluginInfo:
         for info in self.plugins:
             if info.name == plugin_name:
@@ -161,30 +166,24 @@ class Registry:
         return PluginInfo(plugin_name, "unknown", "?")
 
 
-def packaged_recipe_dir() -> Path:
-    """The folder of the recipes shipped with plmkit (package ``plmkit.recipes``)."""
-    import plmkit.recipes
-
-    return Path(plmkit.recipes.__file__).parent
-
-
-def _core_version() -> str:
-    from plmkit import __version__
-
-    return __version__
-
-
 def _suggest(name: str, choices: object) -> str:
     close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.5)  # type: ignore[arg-type]
     return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
 
 
-def _hook_results_by_plugin(manager: pluggy.PluginManager, hook_name: str):
-    """Call one hook on each plugin separately, so results can be attributed to a plugin."""
-    for plugin_name, plugin in manager.list_name_plugin():
-        impl = getattr(plugin, hook_name, None)
-        if impl is not None and hasattr(impl, "plmkit_impl"):
-            yield plugin_name, impl()
+def _call_per_plugin(
+    manager: pluggy.PluginManager, hook_name: str, **kwargs: Any
+) -> Iterator[tuple[str, Any]]:
+    """Call a hook through the manager once per implementing plugin, in registration order.
+
+    ``manager.hook.<name>()`` merges every plugin's result into one list; the registry needs to
+    know which plugin returned what, to name both sides of a duplicate objective or recipe.
+    """
+    plugins = manager.get_plugins()
+    for impl in getattr(manager.hook, hook_name).get_hookimpls():
+        others = [plugin for plugin in plugins if plugin is not impl.plugin]
+        for result in manager.subset_hook_caller(hook_name, remove_plugins=others)(**kwargs):
+            yield impl.plugin_name, result
 
 
 def build_registry() -> Registry:
@@ -217,7 +216,7 @@ def build_registry() -> Registry:
             continue
         registry.plugins.append(info)
 
-    for plugin_name, classes in _hook_results_by_plugin(manager, "plmkit_register_objectives"):
+    for plugin_name, classes in _call_per_plugin(manager, "plmkit_register_objectives"):
         info = registry._info(plugin_name)
         for cls in classes or []:
             name = cls.objective_name

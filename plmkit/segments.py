@@ -1,25 +1,45 @@
 """Build ``[CLS] A [SEP] B [SEP]`` inputs and sentence-level labels, vectorized over a batch.
 
 Shared by the sentence objectives: BERT's next-sentence prediction (NSP), ALBERT's sentence
-order prediction (SOP) and StructBERT's 3-way sentence structural objective. Each packed
-example is split at a random sentence boundary into A and B; then, per row,
+order prediction (SOP) and StructBERT's 3-way sentence structural objective; per row,
 
 * ``nsp``: label 0 = B is A's continuation (50%), 1 = B comes from another document;
 * ``sop``: label 0 = A then B in order (50%), 1 = swapped (B then A);
 * ``sso``: label 0 = next (1/3), 1 = previous, i.e. swapped (1/3), 2 = other document (1/3).
 
-"Another document" is another example of the same batch. The pair is cut to a target length
-(with probability ``short_seq_prob`` a random shorter one, as BERT does) by trimming A from its
-front and B from its back *before* a swap, so the junction of A and B stays intact.
+Pairs are built from whole sentences, as in BERT's and ALBERT's
+``create_instances_from_document``, so that where a segment starts or ends tells nothing of
+its label. Packed rows hold whole sentences (``document`` packing). A row's *chunk* is its
+first sentences up to the target length (with probability ``short_seq_prob`` a random shorter
+one, as BERT does; at least two sentences when the row has them); A is the chunk's sentences
+before a random sentence start, B the rest. An other-document B starts at a random sentence
+start of a row of another document (rows sharing a ``doc_ids`` value are one document;
+without ``doc_ids`` every row is its own) whose sentence fits in the room the true B had, and
+takes the whole sentences that fit, so it ends on a sentence end too (when no sentence fits
+the room, one that fits the batch width; a segment is only ever cut at its back, and only
+then). A swap (SOP, StructBERT's "previous") exchanges the two finished segments.
+
+Nothing is trimmed from the front of a segment. BERT's ``truncate_seq_pair`` drops tokens from
+the front or the back of the longer segment at random; whichever segment it trims more often
+under one label then starts mid-sentence more often under that label, so plmkit never
+truncates a pair (whole-sentence rows already fit). A chunk of one sentence (a piece of a
+sentence longer than a block, a one-sentence document) has no sentence start to split at: it
+is cut at three word starts inside the sentence into A = [x, s) and B = [s, y), x among its
+first and y among its last three, and its other-document B starts and ends at word starts
+inside a sentence too, so no segment of such a row starts or ends where a sentence does,
+whatever the label.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
+
+from plmkit.collator import Collator
 
 SentenceTask = Literal["nsp", "sop", "sso"]
 
@@ -36,10 +56,157 @@ class Segments:
     sentence_label: Tensor | None
 
 
+def example_doc_ids(examples: Sequence[Mapping[str, Any]], width: int) -> Tensor | None:
+    """The examples' ``doc_ids`` as a (B, width) tensor padded with -1, for
+    :func:`build_segments`; None when an example has none (every row is then its own
+    document)."""
+    if not all(example.get("doc_ids") is not None for example in examples):
+        return None
+    return Collator.pad(examples, "doc_ids", -1)[:, :width]
+
+
 def _random_choice_in_mask(mask: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
     """One uniformly random True position per row; ``found`` is False where a row has none."""
     keys = torch.rand(mask.shape, generator=generator).masked_fill(~mask, -1.0)
     return keys.argmax(dim=1), mask.any(dim=1)
+
+
+def _prefer(preferred: Tensor, fallback: Tensor) -> Tensor:
+    """Per row, the mask ``preferred`` where it has a True position, else ``fallback``."""
+    return torch.where(preferred.any(dim=1, keepdim=True), preferred, fallback)
+
+
+def _other_rows(lengths: Tensor, doc_ids: Tensor | None, valid: Tensor) -> Tensor:
+    """(B, B) True where row o may give row r an other-document segment: its documents
+    (a range, as packed rows hold consecutive documents) do not meet row r's."""
+    batch = len(lengths)
+    if doc_ids is None:
+        other = ~torch.eye(batch, dtype=torch.bool)
+    else:
+        big = torch.iinfo(torch.long).max
+        low = torch.where(valid, doc_ids, big).min(dim=1).values
+        high = torch.where(valid, doc_ids, -1).max(dim=1).values
+        other = (high.unsqueeze(0) < low.unsqueeze(1)) | (low.unsqueeze(0) > high.unsqueeze(1))
+    return other & (lengths > 0).unsqueeze(0)
+
+
+def _last(mask: Tensor, pos: Tensor) -> Tensor:
+    """The last True position per row, -1 where there is none."""
+    return torch.where(mask, pos, -1).max(dim=1).values
+
+
+def _pair_sources(
+    lengths: Tensor,
+    target: Tensor,
+    word_ids: Tensor,
+    sentence_ids: Tensor,
+    doc_ids: Tensor | None,
+    generator: torch.Generator,
+    task: SentenceTask,
+) -> tuple[Tensor, ...]:
+    """Where A and B come from: (label, first row, start, length, second row, start, length)."""
+    batch, width = word_ids.shape
+    rows = torch.arange(batch)
+    pos = torch.arange(width + 1).unsqueeze(0)
+    valid = pos < lengths.unsqueeze(1)
+    edge = torch.full((batch, 1), -2, dtype=torch.long)
+    sid = torch.cat([sentence_ids, edge], dim=1)
+    wid = torch.cat([word_ids, edge], dim=1)
+    first = pos == 0
+    # starts: the row start and every sentence start; inner: word starts inside a sentence;
+    # bound: where a sentence (or the row) ends
+    starts = valid & (first | (sid != torch.cat([edge, sid[:, :-1]], dim=1)))
+    inner = valid & (wid != torch.cat([edge, wid[:, :-1]], dim=1)) & ~starts
+    bound = (starts & ~first) | (pos == lengths.unsqueeze(1))
+    big = width + 1
+    at = torch.where(bound, pos, big)
+    ahead = torch.flip(torch.flip(at, [1]).cummin(dim=1).values, [1])
+    sentence_end = torch.cat([ahead[:, 1:], torch.full((batch, 1), big)], dim=1)
+
+    # the chunk: whole sentences up to the target, at least two when the row has them
+    reach = torch.where(pos >= target.unsqueeze(1), at, big).min(dim=1).values
+    second = torch.where(bound.cumsum(dim=1) == 2, at, big).min(dim=1).values
+    chunk_end = torch.maximum(reach, torch.where(second < big, second, 0))
+    chunk_end = torch.minimum(chunk_end, lengths)
+    within = (pos > 0) & (pos < chunk_end.unsqueeze(1))
+    split, by_sentence = _random_choice_in_mask(starts & within, generator)
+    # A one-sentence chunk (no sentence start to split at) is cut at three word starts inside
+    # the sentence, x < s < y, into A = [x, s) and B = [s, y), so that neither segment starts
+    # (or ends) where the sentence does: x is one of its first three inner word starts, y one
+    # of its last three (little is dropped), s a random one between them.
+    inner_split = inner & within
+    rank = inner_split.cumsum(dim=1)
+    count = rank[:, -1]
+    u = torch.rand((batch, 3), generator=generator)
+    k_x = 1 + (u[:, 0] * (count - 2).clamp(min=1, max=3)).long()
+    low_y = torch.maximum(k_x + 2, count - 2)
+    k_y = low_y + (u[:, 1] * (count - low_y + 1).clamp(min=1)).long()
+    k_s = k_x + 1 + (u[:, 2] * (k_y - k_x - 1).clamp(min=1)).long()
+    any_split = 1 + (torch.rand(batch, generator=generator) * (chunk_end - 1).clamp(min=0)).long()
+
+    def inner_at(k: Tensor) -> Tensor:
+        return torch.where(inner_split & (rank == k.unsqueeze(1)), pos, big).min(dim=1).values
+
+    three, one = count >= 3, torch.ones_like(count)
+    zero = torch.zeros_like(chunk_end)
+    x = torch.where(by_sentence | ~three, zero, inner_at(k_x))
+    s = torch.where(by_sentence, split, torch.where(three, inner_at(k_s), torch.where(
+        count >= 1, inner_at(one), any_split)))
+    y = torch.where(by_sentence | (count < 2), chunk_end, torch.where(
+        three, inner_at(k_y), inner_at(one + 1)))
+    s = torch.minimum(s, chunk_end)
+    room = y - s
+
+    classes = {"nsp": 2, "sop": 2, "sso": 3}[task]
+    label = torch.randint(classes, (batch,), generator=generator)
+    other_label = {"nsp": 1, "sop": -1, "sso": 2}[task]
+    other, has_other = _random_choice_in_mask(
+        _other_rows(lengths, doc_ids, valid[:, :width]), generator
+    )
+    label = torch.where((label == other_label) & ~has_other, 0, label)
+    other_doc = label == other_label
+    swapped = (label == 1) if task != "nsp" else torch.zeros_like(other_doc)
+
+    # The other-document B, from row ``other``: for a sentence split, a random sentence start
+    # whose sentence fits in the room the true B had (else in what the batch width leaves),
+    # then the whole sentences that fit; for a one-sentence chunk, a random word start inside
+    # a sentence, up to a word start inside the same sentence.
+    o_starts, o_bound, o_len = starts[other], bound[other], lengths[other]
+    o_inner, o_end = inner[other], sentence_end[other]
+    cap = width - (s - x)
+    fits = o_starts & (o_end - pos <= room.unsqueeze(1))
+    fits_cap = o_starts & (o_end - pos <= cap.unsqueeze(1))
+    by_words = o_inner & (pos < o_len.unsqueeze(1))
+    candidates = torch.where(
+        by_sentence.unsqueeze(1),
+        _prefer(fits, _prefer(fits_cap, o_starts)),
+        _prefer(by_words, o_starts),
+    )
+    b_start, _ = _random_choice_in_mask(candidates, generator)
+    after = pos > b_start.unsqueeze(1)
+    in_room = after & (pos <= (b_start + room).unsqueeze(1))
+    in_cap = after & (pos <= (b_start + cap).unsqueeze(1))
+    own_end = o_end.gather(1, b_start.unsqueeze(1))
+    sentence_b = torch.where(
+        _last(o_bound & in_room, pos) > 0,
+        _last(o_bound & in_room, pos),
+        torch.where(_last(o_bound & in_cap, pos) > 0, _last(o_bound & in_cap, pos),
+                    torch.minimum(b_start + cap, o_len)),
+    )
+    word_b = _last(o_inner & in_room & (pos < own_end), pos)
+    word_b = torch.where(word_b > 0, word_b, torch.minimum(b_start + room, own_end.squeeze(1)))
+    b_end = torch.where(by_sentence, sentence_b, word_b)
+
+    b_row = torch.where(other_doc, other, rows)
+    b_from = torch.where(other_doc, b_start, s)
+    b_len = torch.where(other_doc, b_end - b_start, room)
+    first_row = torch.where(swapped, b_row, rows)
+    first_start = torch.where(swapped, b_from, x)
+    a = torch.where(swapped, b_len, s - x)
+    second_row = torch.where(swapped, rows, b_row)
+    second_start = torch.where(swapped, x, b_from)
+    b = torch.where(swapped, s - x, b_len)
+    return label, first_row, first_start, a, second_row, second_start, b
 
 
 def build_segments(
@@ -53,8 +220,14 @@ def build_segments(
     pad_id: int,
     task: SentenceTask | None = None,
     short_seq_prob: float = 0.0,
+    doc_ids: Tensor | None = None,
 ) -> Segments:
-    """Turn raw rows (B, L) into model inputs, as single segments or sentence pairs."""
+    """Turn raw rows (B, L) into model inputs, as single segments or sentence pairs.
+
+    ``doc_ids`` (B, L): each token's document (plmkit's packed blocks carry the corpus index);
+    rows that share one are never each other's "other document". Without it every row is
+    its own document.
+    """
     batch, width = ids.shape
     rows = torch.arange(batch)
     target = lengths.clone()
@@ -69,47 +242,9 @@ def build_segments(
         second_row, second_start, b = rows, torch.zeros_like(lengths), torch.zeros_like(lengths)
         label = None
     else:
-        # split point: a random sentence boundary, else a random token boundary
-        pos = torch.arange(width).unsqueeze(0)
-        boundary = (pos >= 1) & (pos < lengths.unsqueeze(1) - 0)
-        boundary &= sentence_ids != torch.roll(sentence_ids, 1, dims=1)
-        split, found = _random_choice_in_mask(boundary, generator)
-        any_split = (torch.rand(batch, generator=generator) * (lengths - 1).clamp(min=1)).long() + 1
-        split = torch.where(found, split, any_split).clamp(max=(lengths - 1).clamp(min=1))
-        classes = {"nsp": 2, "sop": 2, "sso": 3}[task]
-        label = torch.randint(classes, (batch,), generator=generator)
-        other_doc = (label == 1) if task == "nsp" else (label == 2)
-        swapped = (label == 1) if task in ("sop", "sso") else torch.zeros_like(other_doc)
-        if batch < 2:  # no other example to draw from
-            other_doc = torch.zeros_like(other_doc)
-            label = torch.where(label == (1 if task == "nsp" else 2), 0, label)
-        shift = torch.randint(1, max(batch, 2), (batch,), generator=generator)
-        other = (rows + shift) % batch
-        # In reading order: A = row[:split]; B = row[split:] or the start of another row.
-        # Trim to the target first (A from its front, B from its back, so their junction
-        # survives), then swap the trimmed segments for the "previous"/SOP-swapped rows.
-        a_len = split
-        t = torch.maximum(target, torch.full_like(target, 2))
-        # a random-document B only fills what A leaves of the target, as in BERT
-        b_len = torch.where(
-            other_doc, torch.minimum(lengths[other], (t - a_len).clamp(min=1)), lengths - split
+        label, first_row, first_start, a, second_row, second_start, b = _pair_sources(
+            lengths, target, word_ids, sentence_ids, doc_ids, generator, task
         )
-        half = t // 2
-        keep_a = torch.where(
-            a_len + b_len <= t,
-            a_len,
-            torch.where(b_len >= half, torch.minimum(a_len, t - half), t - b_len),
-        ).clamp(min=1)
-        keep_b = torch.minimum(b_len, t - keep_a).clamp(min=1)
-        a_start = split - keep_a
-        b_row = torch.where(other_doc, other, rows)
-        b_start = torch.where(other_doc, torch.zeros_like(split), split)
-        first_row = torch.where(swapped, b_row, rows)
-        first_start = torch.where(swapped, b_start, a_start)
-        second_row = torch.where(swapped, rows, b_row)
-        second_start = torch.where(swapped, a_start, b_start)
-        a = torch.where(swapped, keep_b, keep_a)
-        b = torch.where(swapped, keep_a, keep_b)
 
     total = a + b + torch.where(b > 0, 3, 2) if task is not None else a + 2
     out_width = int(total.max())

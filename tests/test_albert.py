@@ -13,7 +13,9 @@ from conftest import falling, metric_series
 from torch.utils.data import DataLoader
 
 from plmkit.collator import IGNORE_INDEX
+from plmkit.config import EncoderConfig
 from plmkit.plugins.albert import AlbertCollator
+from plmkit.throughput import flops_per_token
 
 MAX_LENGTH = 128
 BLOCK = MAX_LENGTH - 3
@@ -51,7 +53,8 @@ def _albert_reference(batch, budget_of, rng):
     """
     pvals = [1 / n for n in (1, 2, 3)]
     sizes = []
-    for row_words in batch["word_ids"].tolist():
+    lengths = batch["attention_mask"].sum(1).tolist()  # len(tokens): [CLS]/[SEP] included
+    for row_words, length in zip(batch["word_ids"].tolist(), lengths):
         words, segment, previous = [], [], None  # token positions of each word, its segment
         seg = 0
         for pos, w in enumerate(row_words):
@@ -64,7 +67,7 @@ def _albert_reference(batch, budget_of, rng):
                 words.append([pos])
                 segment.append(seg)
             previous = w
-        budget = budget_of(sum(len(w) for w in words))
+        budget = budget_of(length)
         order = list(range(len(words)))
         rng.shuffle(order)
         covered, masked = set(), 0
@@ -99,8 +102,7 @@ def test_import_without_lightning():
 
 
 def test_masking_budget_and_whole_words(tokenizer, doc_examples):
-    collator = AlbertCollator.from_tokenizer(tokenizer, max_length=MAX_LENGTH, return_spans=True,
-                                             seed=1)
+    collator = AlbertCollator(tokenizer, max_length=MAX_LENGTH, return_spans=True, seed=1)
     special = torch.tensor(sorted(tokenizer.all_special_ids))
     masked = real = n_mask = n_random = n_keep = 0
     for b in _collate_many(collator, doc_examples):
@@ -126,6 +128,25 @@ def test_masking_budget_and_whole_words(tokenizer, doc_examples):
     assert abs(n_keep / masked - 0.1) < 0.02
 
 
+def test_prediction_count_follows_the_reference(tokenizer, doc_examples):
+    """google-research/albert's budget ``min(max_predictions, max(1, round(len(tokens) *
+    0.15)))`` counts ``[CLS]`` and both ``[SEP]`` (``len(tokens)``); n-grams fill it and never
+    exceed it. The default cap is 20 at 128 and 80 at 512."""
+    assert AlbertCollator(tokenizer, max_length=128).max_predictions == 20
+    assert AlbertCollator(tokenizer, max_length=512).max_predictions == 80
+    collator = AlbertCollator(tokenizer, max_length=MAX_LENGTH, seed=6)
+    rows = full = 0
+    for b in _collate_many(collator, doc_examples, rounds=2):
+        tokens = b["attention_mask"].sum(1)
+        assert ((b["input_ids"] == tokenizer.sep_token_id).sum(1) == 2).all()  # 3 specials
+        budget = torch.tensor([min(20, max(1, round(n * 0.15))) for n in tokens.tolist()])
+        got = (b["labels"] != IGNORE_INDEX).sum(1)
+        assert (got <= budget).all()
+        full += int((got == budget).sum())
+        rows += len(got)
+    assert full > 0.9 * rows
+
+
 def _first_ngrams(batch, budget_of):
     """Words in the first n-gram chosen in each row, where nothing but the draw of n decides it.
 
@@ -134,7 +155,8 @@ def _first_ngrams(batch, budget_of):
     (both independent of the draw), so its size is exactly the drawn n.
     """
     sizes = []
-    for spans, words in zip(batch["span_ids"].tolist(), batch["word_ids"].tolist()):
+    for spans, words, length in zip(batch["span_ids"].tolist(), batch["word_ids"].tolist(),
+                                    batch["attention_mask"].sum(1).tolist()):
         if 0 not in spans:
             continue
         start = spans.index(0)
@@ -147,7 +169,7 @@ def _first_ngrams(batch, budget_of):
         if len(distinct) < 3:
             continue
         tokens = sum(w in distinct[:3] for w in ahead)
-        if tokens > budget_of(sum(w >= 0 for w in words)):
+        if tokens > budget_of(length):
             continue
         sizes.append(len({w for s, w in zip(spans, words) if s == 0}))
     return torch.tensor(sizes)
@@ -165,11 +187,10 @@ def test_ngram_law(tokenizer, doc_examples):
     """
     import math
 
-    collator = AlbertCollator.from_tokenizer(tokenizer, max_length=MAX_LENGTH, return_spans=True,
-                                             seed=2)
+    collator = AlbertCollator(tokenizer, max_length=MAX_LENGTH, return_spans=True, seed=2)
     cap = math.ceil(MAX_LENGTH * 0.15)
 
-    def budget_of(n):
+    def budget_of(n):  # n: the row's length, [CLS] and [SEP] included
         return min(cap, max(1, round(n * 0.15)))
 
     rng = random.Random(0)
@@ -212,13 +233,12 @@ def _find(block, piece):
 
 def test_sop_labels_and_swaps(tokenizer, doc_examples):
     examples = [e for e in doc_examples if len(e["input_ids"]) >= 8]
-    collator = AlbertCollator.from_tokenizer(tokenizer, max_length=MAX_LENGTH, seed=4)
+    collator = AlbertCollator(tokenizer, max_length=MAX_LENGTH, seed=4)
     labels = torch.cat([b["sentence_order_label"] for b in _collate_many(collator, examples)])
     assert abs(labels.float().mean().item() - 0.5) < 0.05
 
     # without the short-sequence cut, the pair is the whole block, split once
-    exact = AlbertCollator.from_tokenizer(tokenizer, max_length=MAX_LENGTH, short_seq_prob=0.0,
-                                          seed=5)
+    exact = AlbertCollator(tokenizer, max_length=MAX_LENGTH, short_seq_prob=0.0, seed=5)
     swapped = kept = 0
     for start in range(0, 256, 64):
         batch = exact(examples[start : start + 64])
@@ -254,7 +274,7 @@ def test_dataloader_workers(tokenizer, doc_examples):
     example = max(doc_examples, key=lambda e: len(e["input_ids"]))
 
     def make(seed):
-        return AlbertCollator.from_tokenizer(tokenizer, max_length=MAX_LENGTH, seed=seed)
+        return AlbertCollator(tokenizer, max_length=MAX_LENGTH, seed=seed)
 
     first = _worker_masks(make(3), example)
     assert not torch.equal(first[0][0], first[1][0])  # worker 0 and worker 1 differ
@@ -268,7 +288,7 @@ def test_dataloader_workers(tokenizer, doc_examples):
 def test_inputs_not_mutated(tokenizer, doc_examples):
     examples = doc_examples[:16]
     before = copy.deepcopy(examples)
-    AlbertCollator.from_tokenizer(tokenizer, max_length=MAX_LENGTH, return_spans=True)(examples)
+    AlbertCollator(tokenizer, max_length=MAX_LENGTH, return_spans=True)(examples)
     for a, b in zip(examples, before):
         assert a.keys() == b.keys()
         for key in a:
@@ -278,20 +298,42 @@ def test_inputs_not_mutated(tokenizer, doc_examples):
 def test_model_and_gathered_loss(tokenizer, doc_examples):
     from plmkit.plugins.albert import AlbertObjective
 
-    objective = AlbertObjective(embedding_size=16, hidden_size=32, num_layers=3, num_heads=2,
-                                intermediate_size=64)
+    objective = AlbertObjective(encoder=EncoderConfig(
+        embedding_size=16, hidden_size=32, num_layers=3, num_heads=2, intermediate_size=64,
+        dropout=0.0))
     objective.attach_tokenizer(tokenizer, MAX_LENGTH)
     objective.configure_model()
     model = objective.model.eval()
     assert model.albert.embeddings.word_embeddings.weight.shape[1] == 16  # factorized E
     assert len(model.albert.encoder.albert_layer_groups) == 1  # one shared layer
-    assert objective.flops_per_token(MAX_LENGTH) > 0
+    # the one shared layer is counted each of the 3 times it runs (6 x weights per token each)
+    shared = sum(p.numel() for p in model.albert.encoder.albert_layer_groups.parameters())
+    assert flops_per_token(objective, MAX_LENGTH) > 6 * 3 * shared
     batch = objective.build_collator(seed=0)(doc_examples[:8])
     with torch.no_grad():
         loss, metrics = objective.compute_loss(batch)
         reference = model(**batch).loss
     assert torch.allclose(loss, reference, atol=1e-5)
     assert set(metrics) == {"mlm_loss", "mlm_acc", "sop_loss", "sop_acc"}
+
+
+def test_sop_head_is_a_plain_dense_layer(tokenizer):
+    """``get_sentence_order_output`` of google-research/albert: a dense layer on the pooled
+    output, no dropout (transformers' ``AlbertSOPHead`` applies ``classifier_dropout_prob``);
+    the exported config keeps that 0.1 for fine-tuning classifiers."""
+    from plmkit.plugins.albert import AlbertObjective
+
+    objective = AlbertObjective(encoder=EncoderConfig(
+        embedding_size=16, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64))
+    objective.attach_tokenizer(tokenizer, MAX_LENGTH)
+    objective.configure_model()
+    model = objective.model.train()
+    pooled = torch.randn(64, 32)
+    torch.manual_seed(0)
+    first = model.sop_classifier(pooled)
+    assert torch.equal(first, model.sop_classifier(pooled))
+    assert torch.allclose(first, model.sop_classifier.classifier(pooled))
+    assert model.config.classifier_dropout_prob == 0.1
 
 
 def test_training_lowers_loss_and_exports(tiny_fit, export_run, tmp_path):

@@ -46,11 +46,11 @@ def test_print_config_shows_overrides(capsys):
 
     with pytest.raises(SystemExit):
         main(["fit", "--recipe", "bert_tiny", "--trainer.max_steps", "7",
-              "--model.init_args.hidden_size", "64", "--print_config"])
+              "--model.init_args.encoder.hidden_size", "64", "--print_config"])
     config = yaml.safe_load(capsys.readouterr().out)
     assert config["trainer"]["max_steps"] == 7
-    assert config["model"]["init_args"]["hidden_size"] == 64
-    assert config["model"]["init_args"]["num_layers"] == 2  # from the recipe
+    assert config["model"]["init_args"]["encoder"]["hidden_size"] == 64
+    assert config["model"]["init_args"]["encoder"]["size"] == "tiny"  # from the recipe
     assert config["recipe"] == "bert_tiny"
 
 
@@ -71,8 +71,8 @@ def test_recipe_value_of_wrong_type(run_plmkit):
                                        "--trainer.max_steps", "many")[::2])
     assert "trainer.max_steps" in line
     line = _one_line_error(*run_plmkit("fit", "--recipe", "bert_tiny",
-                                       "--model.hidden_size", "wide")[::2])
-    assert "model.hidden_size" in line
+                                       "--model.encoder.hidden_size", "wide")[::2])
+    assert "model.encoder.hidden_size" in line
 
 
 def test_recipe_for_missing_plugin(run_plmkit, tmp_path: Path):

@@ -120,16 +120,104 @@ def test_tokenized_offsets_are_consistent(tokenized, documents):
     assert tokenized.word_start[tokenized.sent_offsets[:-1]].all()  # sentences start words
 
 
-def test_document_packing_never_crosses_documents(tokenized):
-    blocks = pack(tokenized, np.arange(200), 50, "document")
+def _sentence_starts(blocks) -> np.ndarray:
+    starts = np.ones(len(blocks.ids), dtype=bool)
+    starts[1:] = blocks.sent_index[1:] != blocks.sent_index[:-1]
+    return starts
+
+
+def test_document_packing_fills_blocks_with_whole_sentences(tokenized):
+    blocks = pack(tokenized, np.arange(200), 50, "document", min_length=1)
     ds = BlockDataset(blocks)
-    assert all(len(ds[i]["input_ids"]) <= 50 for i in range(len(ds)))
-    assert all(int(ds[i]["doc_ids"].max()) == 0 for i in range(len(ds)))
-    starts, ends = tokenized.doc_token_bounds()
-    one_token_tails = int((((ends - starts) % 50) == 1).sum())  # dropped: below min_length
-    assert blocks.num_tokens == len(tokenized.ids) - one_token_tails
+    # every token exactly once, in order
+    assert blocks.starts[0] == 0 and blocks.ends[-1] == len(tokenized.ids)
+    assert np.array_equal(blocks.starts[1:], blocks.ends[:-1])
+    assert (blocks.ends - blocks.starts).max() <= 50
+    # one document per block; doc_ids are the corpus's document index
+    doc_starts, _ = tokenized.doc_token_bounds()
+    first_doc = np.searchsorted(doc_starts, blocks.starts, side="right") - 1
+    for i in range(len(ds)):
+        assert set(ds[i]["doc_ids"].tolist()) == {first_doc[i]}
+    # blocks start at sentence starts and hold whole sentences, as many as fit; only a
+    # sentence longer than a block is cut
+    sentence_of = np.searchsorted(tokenized.sent_offsets, blocks.starts, side="right") - 1
+    sentence_length = np.diff(tokenized.sent_offsets)
+    at_start = _sentence_starts(blocks)[blocks.starts]
+    assert (at_start | (sentence_length[sentence_of] > 50)).all()
+    assert 0 < (~at_start).sum() < 0.02 * len(ds)
+    following = np.searchsorted(tokenized.sent_offsets, blocks.ends[:-1], side="right") - 1
+    whole = (tokenized.sent_offsets[following] == blocks.ends[:-1])
+    whole &= (first_doc[1:] == first_doc[:-1]) & (sentence_length[following] <= 50)
+    sentences = np.searchsorted(tokenized.sent_offsets, blocks.ends) - sentence_of
+    gave = sentences[1:] == 2  # (or it gave its last sentence to a one-sentence block)
+    grown = tokenized.sent_offsets[following + 1] - blocks.starts[:-1]
+    assert (whole & ~gave).sum() > 100 and (grown[whole & ~gave] > 50).all()  # would not fit
     item = ds[0]
     assert item["word_ids"][0] == 0 and (item["word_ids"].diff() >= 0).all()
+    assert item["sentence_ids"][0] == 0
+
+
+def _toy_corpus(*documents: list[int]):
+    """Documents given as sentence lengths (default: 3, 4, 12, 2 tokens, then 5, 1); inside
+    a sentence of 12 tokens a word starts at every other token."""
+    from plmkit.data.preprocess import TokenizedCorpus
+
+    documents = documents or ([3, 4, 12, 2], [5, 1])
+    lengths = [n for document in documents for n in document]
+    sent_offsets = np.concatenate([[0], np.cumsum(lengths)])
+    word_start = np.ones(sent_offsets[-1], dtype=np.uint8)
+    for start, n in zip(sent_offsets, lengths):
+        if n == 12:
+            word_start[start : start + n] = np.arange(n) % 2 == 0
+    doc_offsets = np.concatenate([[0], np.cumsum([len(d) for d in documents])])
+    return TokenizedCorpus(ids=np.arange(100, 100 + sent_offsets[-1], dtype=np.int32),
+                           word_start=word_start, sent_offsets=sent_offsets,
+                           doc_offsets=doc_offsets)
+
+
+def test_only_a_sentence_longer_than_a_block_is_cut_at_word_starts():
+    blocks = pack(_toy_corpus(), np.arange(2), 5, "document", min_length=1)
+    cut = list(zip(blocks.starts.tolist(), blocks.ends.tolist()))
+    # the long sentence (7, 19) is cut after 4 and 8 tokens, where words start
+    assert cut == [(0, 3), (3, 7), (7, 11), (11, 15), (15, 19), (19, 21), (21, 26), (26, 27)]
+    # the default min_length drops the one-token block
+    assert len(pack(_toy_corpus(), np.arange(2), 5, "document")) == 7
+
+
+def test_a_one_sentence_block_takes_a_sentence_from_the_block_before():
+    # greedy: (0, 6) and a tail of one sentence (6, 8); the tail takes the sentence (4, 6)
+    blocks = pack(_toy_corpus([2, 2, 2, 2], [2, 2, 2]), np.arange(2), 7, "document")
+    assert list(zip(blocks.starts.tolist(), blocks.ends.tolist())) == [
+        (0, 4), (4, 8), (8, 14)]
+    # not when the block before would be left with one sentence, nor across documents
+    blocks = pack(_toy_corpus([3, 3, 2], [2, 2]), np.arange(2), 7, "document")
+    assert list(zip(blocks.starts.tolist(), blocks.ends.tolist())) == [
+        (0, 6), (6, 8), (8, 12)]
+
+
+def test_sentences_packing_fills_blocks_across_documents():
+    blocks = pack(_toy_corpus(), np.arange(2), 5, "sentences", separator_id=3)
+    cut = list(zip(blocks.starts.tolist(), blocks.ends.tolist()))
+    # a separator closes each document (positions 21 and 28) as part of its last sentence
+    assert blocks.ids[21] == 3 and blocks.ids[28] == 3
+    assert cut == [(0, 3), (3, 7), (7, 11), (11, 15), (15, 19), (19, 22), (22, 27), (27, 29)]
+    crossing = pack(_toy_corpus(), np.arange(2), 12, "sentences", separator_id=3)
+    assert list(zip(crossing.starts.tolist(), crossing.ends.tolist())) == [
+        (0, 7), (7, 19), (19, 29)]
+    assert BlockDataset(crossing)[2]["doc_ids"].tolist() == [0, 0, 0, 1, 1, 1, 1, 1, 1, 1]
+    with pytest.raises(ValueError, match="separator"):
+        pack(_toy_corpus(), np.arange(2), 5, "sentences")
+
+
+def test_sentences_packing_on_a_real_corpus(tokenized):
+    blocks = pack(tokenized, np.arange(200), 64, "sentences", separator_id=3)
+    ds = BlockDataset(blocks)
+    lengths = blocks.ends - blocks.starts
+    assert lengths.max() <= 64 and np.array_equal(blocks.starts[1:], blocks.ends[:-1])
+    assert int((blocks.ids == 3).sum()) == 200  # one separator per document
+    assert _sentence_starts(blocks)[blocks.starts].mean() > 0.98  # else a long sentence
+    assert lengths[:-1].mean() > 50  # blocks are filled up to a sentence (~10 tokens here)
+    assert any(len(set(ds[i]["doc_ids"].tolist())) > 1 for i in range(len(ds)))
 
 
 def test_stream_packing_fills_blocks_with_separators(tokenized):
@@ -139,7 +227,9 @@ def test_stream_packing_fills_blocks_with_separators(tokenized):
     assert lengths == {64}
     joined = torch.cat([ds[i]["input_ids"] for i in range(len(ds))])
     assert int((joined == 3).sum()) >= len(ds) * 64 // (len(tokenized.ids) // 200 + 1) - 1
-    assert any(int(ds[i]["doc_ids"].max()) > 0 for i in range(len(ds)))
+    assert any(len(set(ds[i]["doc_ids"].tolist())) > 1 for i in range(len(ds)))
+    with pytest.raises(ValueError, match="unknown packing mode"):
+        pack(tokenized, np.arange(200), 64, "lines")
 
 
 def _ids_loader(n: int, batch: int, rank: int = 0, world: int = 1, **kw) -> ResumableLoader:

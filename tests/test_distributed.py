@@ -32,6 +32,7 @@ import pytest
 import torch
 from conftest import metric_series, read_metrics
 
+from plmkit.config import EncoderConfig
 from plmkit.data.loader import POSITION_KEY, ResumableLoader, slice_batch
 from plmkit.distributed import (
     FSDP2,
@@ -48,7 +49,10 @@ STEPS = 20
 LOSS_RTOL = {"bert_tiny": 1e-2, "electra_tiny": 1e-2, "t5_tiny": 1e-4}
 #: largest weight difference between the exports
 WEIGHT_ATOL = {"bert_tiny": 2e-2, "electra_tiny": 2e-2, "t5_tiny": 1e-3}
-METHOD_FLAGS = {"electra_tiny": ["--model.temperature", "1e-9"]}
+#: dropout off (encoders: the ``encoder:`` block; ELECTRA's derived generator follows it)
+METHOD_FLAGS = {"bert_tiny": ["--model.encoder.dropout", "0"],
+                "electra_tiny": ["--model.encoder.dropout", "0", "--model.temperature", "1e-9"],
+                "t5_tiny": ["--model.dropout", "0"]}
 #: the loss that must fall over the 20 steps. ELECTRA's total is dominated by 50 x the
 #: discriminator's BCE, which with a greedy generator rises or falls by machine (CI's CPU saw
 #: 27.9 -> 37.5 where this one sees 27.9 -> 10.1); its generator's MLM loss falls on both.
@@ -59,7 +63,7 @@ FALLING = {"electra_tiny": "train/mlm_loss"}
 def _bert_collator(tokenizer):
     from plmkit.plugins.bert import BertCollator
 
-    return BertCollator.from_tokenizer(tokenizer, max_length=64, seed=0)
+    return BertCollator(tokenizer, max_length=64, seed=0)
 
 
 def _loaders(examples, tokenizer, world: int, global_batch: int = 8, collate="global"):
@@ -222,8 +226,8 @@ def test_strategy_flags(run_plmkit, tmp_path):
 
 
 def test_shared_parameters_are_found_and_a_broken_tie_is_reported(tokenizer):
-    objective = _objective("electra", tokenizer, hidden_size=32, num_layers=1, num_heads=1,
-                           intermediate_size=64, embedding_size=16)
+    objective = _objective("electra", tokenizer, encoder=EncoderConfig(
+        hidden_size=32, num_layers=1, num_heads=1, intermediate_size=64, embedding_size=16))
     model = objective.build_model()
     groups = shared_parameters(model)
     tied = next(g for g in groups if "discriminator.electra.embeddings.word_embeddings.weight"
@@ -238,8 +242,8 @@ def test_shared_parameters_are_found_and_a_broken_tie_is_reported(tokenizer):
 
 
 def test_activation_checkpointing_keeps_names_and_gradients(tokenizer, make_examples):
-    objective = _objective("bert", tokenizer, hidden_size=32, num_layers=2, num_heads=2,
-                           intermediate_size=64, dropout=0.0)
+    objective = _objective("bert", tokenizer, encoder=EncoderConfig(
+        hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, dropout=0.0))
     batch = objective.build_collator(seed=1)(make_examples(61, "document", n=4))
     torch.manual_seed(0)
     objective.model = objective.build_model()
@@ -266,7 +270,6 @@ def _flags(recipe: str, tokenizer_dir: Path) -> list[str]:
         "--data.max_documents", "500",
         "--data.max_length", "64",
         "--data.num_workers", "0",
-        "--model.dropout", "0",
         "--model.optim.warmup_steps", "2",
         "--trainer.limit_val_batches", "0",
         "--trainer.log_every_n_steps", "1",

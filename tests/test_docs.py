@@ -51,7 +51,8 @@ def test_mkdocs_build_is_strict_clean(tmp_path: Path):
     )
     assert result.returncode == 0, result.stderr[-4000:]
     bert = (site / "methods" / "bert" / "index.html").read_text()
-    assert "mlm_probability" in bert and "bert_tiny" in bert  # generated tables are there
+    # generated tables are there, typed blocks one row a field
+    assert "masking.probability" in bert and "encoder.size" in bert and "bert_tiny" in bert
     collators = (site / "collators" / "index.html").read_text()
     assert "ok: collator_dataloader" in collators  # the example file was included
     assert "plmkit evaluate" in (site / "cli" / "index.html").read_text()

@@ -14,11 +14,16 @@ import torch
 from conftest import falling, metric_series
 
 from plmkit.collator import IGNORE_INDEX
+from plmkit.config import EncoderConfig, MaskingConfig
+from plmkit.errors import PlmkitError
 from plmkit.plugins.electra import ElectraCollator
+from plmkit.throughput import flops_per_token
 
 TINY = dict(
-    hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128, embedding_size=32,
-    generator_hidden_size=16, generator_num_heads=1, generator_intermediate_size=64, dropout=0.0,
+    encoder=EncoderConfig(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128,
+                          embedding_size=32, dropout=0.0),
+    generator=EncoderConfig(size="tiny", hidden_size=16, num_heads=1, intermediate_size=64,
+                            dropout=0.0),
 )
 
 
@@ -73,9 +78,7 @@ def test_embeddings_are_shared(tokenizer):
     ids = [id(p) for p in objective.parameters()]
     assert len(ids) == len(set(ids))
     # one gradient step keeps them the same tensor
-    batch = ElectraCollator.from_tokenizer(tokenizer, seed=0)(
-        [{"input_ids": torch.arange(5, 60)}] * 4
-    )
+    batch = ElectraCollator(tokenizer, seed=0)([{"input_ids": torch.arange(5, 60)}] * 4)
     loss, _ = objective.compute_loss(batch)
     loss.backward()
     torch.optim.AdamW(objective.parameters(), lr=0.1).step()
@@ -85,8 +88,8 @@ def test_embeddings_are_shared(tokenizer):
 def test_generator_size_defaults(tokenizer):
     from plmkit.plugins.electra import ElectraObjective
 
-    objective = ElectraObjective(hidden_size=256, num_layers=3, num_heads=4,
-                                 intermediate_size=1024, embedding_size=128)
+    objective = ElectraObjective(encoder=EncoderConfig(
+        hidden_size=256, num_layers=3, num_heads=4, intermediate_size=1024, embedding_size=128))
     objective.attach_tokenizer(tokenizer, 128)
     objective.configure_model()
     gen = objective.model.generator.config
@@ -94,15 +97,19 @@ def test_generator_size_defaults(tokenizer):
     assert (gen.hidden_size, gen.num_attention_heads, gen.intermediate_size) == (64, 1, 256)
     assert gen.num_hidden_layers == disc.num_hidden_layers == 3
     assert gen.embedding_size == disc.embedding_size == 128
+    # the checkpoint keeps the derived generator, so a reload builds the same one
+    assert objective.hparams["generator"]["hidden_size"] == 64
+    with pytest.raises(PlmkitError, match="embedding_size"):
+        ElectraObjective(generator=EncoderConfig(size="tiny", embedding_size=32))
     # FLOPs count both towers: more than the discriminator's 6N alone
     encoder = objective.model.discriminator.electra.encoder
     disc_only = 6 * sum(p.numel() for p in encoder.parameters())
-    assert objective.flops_per_token(128) > disc_only * 1.05
+    assert flops_per_token(objective, 128) > disc_only * 1.05
 
 
 def test_generator_head_only_at_masked_positions(tokenizer, make_examples):
     objective = _objective(tokenizer)
-    batch = ElectraCollator.from_tokenizer(tokenizer, seed=1)(make_examples(126, "stream", n=8))
+    batch = ElectraCollator(tokenizer, seed=1)(make_examples(126, "stream", n=8))
     seen = {}
     model = objective.model
     hooks = [
@@ -135,7 +142,7 @@ def test_correct_guess_is_labelled_real(tokenizer, make_examples):
     # end to end: a generator that is sure of the right token (a margin far beyond the Gumbel
     # noise, which lies in [-3.1, 16.7]) never produces a "replaced" label
     objective = _objective(tokenizer)
-    batch = ElectraCollator.from_tokenizer(tokenizer, seed=2)(make_examples(126, "stream", n=8))
+    batch = ElectraCollator(tokenizer, seed=2)(make_examples(126, "stream", n=8))
     targets = batch["labels"][batch["labels"] != IGNORE_INDEX]
     head = objective.model.generator.generator_lm_head
 
@@ -158,8 +165,27 @@ def test_correct_guess_is_labelled_real(tokenizer, make_examples):
     assert metrics["sampled_acc"] == 0
 
 
+def test_disallow_correct_after_the_temperature(tokenizer, make_examples):
+    """google-research/electra ``_get_fake_data``: ``sample_from_softmax(logits / temp,
+    disallow)`` subtracts 1000 from the original token's logit *after* the temperature, so
+    the original is never sampled, however sure the generator is and whatever the
+    temperature (subtracted before dividing by 10, the penalty would shrink to 100)."""
+    batch = ElectraCollator(tokenizer, seed=4)(make_examples(126, "stream", n=8))
+    targets = batch["labels"][batch["labels"] != IGNORE_INDEX]
+
+    def sure(module, args, out):  # a generator sure of the original token
+        return out + 5000.0 * torch.nn.functional.one_hot(targets, out.shape[-1])
+
+    for disallow, sampled_acc in ((False, 1.0), (True, 0.0)):
+        objective = _objective(tokenizer, temperature=10.0, disallow_correct=disallow)
+        handle = objective.model.generator.generator_lm_head.register_forward_hook(sure)
+        _, metrics = objective.compute_loss(batch)
+        handle.remove()
+        assert float(metrics["sampled_acc"]) == sampled_acc
+
+
 def test_loss_weighting(tokenizer, make_examples):
-    batch = ElectraCollator.from_tokenizer(tokenizer, seed=3)(make_examples(126, "stream", n=8))
+    batch = ElectraCollator(tokenizer, seed=3)(make_examples(126, "stream", n=8))
     for gen_w, disc_w in ((1.0, 50.0), (2.0, 7.0)):
         objective = _objective(tokenizer, generator_weight=gen_w, discriminator_weight=disc_w)
         loss, m = objective.compute_loss(batch)
@@ -178,7 +204,7 @@ def test_masked_count_law(tokenizer, make_examples, max_length):
     p = 0.15
     examples = make_examples(max_length - 2, "stream", n=96)
     examples += _varied_lengths(make_examples(max_length - 2, "document", n=160), seed=5)
-    collator = ElectraCollator.from_tokenizer(tokenizer, max_length=max_length, seed=6)
+    collator = ElectraCollator(tokenizer, max_length=max_length, seed=6)
     special = torch.tensor(sorted(tokenizer.all_special_ids))
     cap = int((p + 0.005) * max_length)
     hit_cap = hit_floor = 0
@@ -207,7 +233,7 @@ def test_masked_count_law(tokenizer, make_examples, max_length):
 
 def test_mask_keep_split(tokenizer, make_examples):
     examples = make_examples(126, "stream")
-    collator = ElectraCollator.from_tokenizer(tokenizer, seed=7)
+    collator = ElectraCollator(tokenizer, seed=7)
     n_sel = n_mask = n_keep = n_random = 0
     for b in _collate_many(collator, examples):
         sel = b["labels"] != IGNORE_INDEX
@@ -222,6 +248,8 @@ def test_mask_keep_split(tokenizer, make_examples):
     assert abs(n_mask / n_sel - 0.85) < 0.02
     assert abs(n_keep / n_sel - 0.15) < 0.02
     assert n_random == 0
+    with pytest.raises(PlmkitError, match="whole_word"):  # ELECTRA masks single tokens
+        ElectraCollator(tokenizer, masking=MaskingConfig(whole_word=True))
 
 
 def test_collator_alone_in_dataloader(tokenizer, make_examples):
@@ -232,7 +260,7 @@ def test_collator_alone_in_dataloader(tokenizer, make_examples):
     before = copy.deepcopy(example)
 
     def masks(seed):
-        collator = ElectraCollator.from_tokenizer(tokenizer, seed=seed)
+        collator = ElectraCollator(tokenizer, seed=seed)
         loader = DataLoader(dataset, batch_size=8, num_workers=2, collate_fn=collator)
         return [b["labels"] != IGNORE_INDEX for b in loader]
 

@@ -70,7 +70,7 @@ def test_char_table(tokenizer):
 def test_collator_targets(tokenizer):
     examples = [{"input_ids": torch.arange(10, 10 + n)} for n in (5, 1, 9)]
     before = copy.deepcopy(examples)
-    b = ElmoCollator.from_tokenizer(tokenizer, max_length=10)(examples)
+    b = ElmoCollator(tokenizer, max_length=10)(examples)
     ids, attn = b["input_ids"], b["attention_mask"].bool()
     fwd, bwd = b["forward_labels"], b["backward_labels"]
     assert ids.shape == (3, 10)
@@ -89,8 +89,13 @@ def test_collator_targets(tokenizer):
 
 
 def test_collator_in_dataloader_workers(tokenizer, make_examples):
+    from plmkit.plugins.elmo import ElmoObjective
+
+    objective = ElmoObjective()
+    objective.attach_tokenizer(tokenizer, 64)
+    assert objective.block_length(64) == 62 and objective.max_positions() is None  # [CLS] [SEP]
     examples = make_examples(62, "stream", n=64)
-    collator = ElmoCollator.from_tokenizer(tokenizer, max_length=64)
+    collator = ElmoCollator(tokenizer, max_length=64)
     loader = torch.utils.data.DataLoader(
         examples, batch_size=16, num_workers=2, collate_fn=collator
     )
@@ -127,7 +132,7 @@ def test_directions_never_see_the_wrong_side(tokenizer, clip):
 @torch.no_grad()
 def test_padding_does_not_leak(tokenizer):
     model = _tiny_bilm(tokenizer)
-    collator = ElmoCollator.from_tokenizer(tokenizer, max_length=40)
+    collator = ElmoCollator(tokenizer, max_length=40)
     short = {"input_ids": torch.randint(10, len(tokenizer), (7,))}
     long = {"input_ids": torch.randint(10, len(tokenizer), (30,))}
     alone = collator([short])

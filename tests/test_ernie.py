@@ -12,8 +12,9 @@ import torch
 from conftest import falling, metric_series
 
 from plmkit.collator import IGNORE_INDEX
-from plmkit.lexicon import PhraseMatcher
+from plmkit.config import MaskingConfig
 from plmkit.plugins.ernie import ErnieCollator
+from plmkit.plugins.ernie.lexicon import PhraseMatcher
 
 
 @pytest.fixture(autouse=True)
@@ -65,8 +66,8 @@ def _spans_whole(batch) -> tuple[int, int]:
 @pytest.mark.parametrize("level", ["token", "phrase", "entity"])
 def test_masked_fraction_and_whole_spans(tokenizer, make_examples, matcher, level):
     examples = make_examples(125)
-    collator = ErnieCollator.from_tokenizer(
-        tokenizer, matcher=matcher, level_mix={level: 1.0}, return_spans=True,
+    collator = ErnieCollator(
+        tokenizer, lexicon=matcher, level_mix={level: 1.0}, return_spans=True,
         return_level=True, seed=1,
     )
     selected = real = spans = masked_spans = 0
@@ -85,8 +86,8 @@ def test_masked_fraction_and_whole_spans(tokenizer, make_examples, matcher, leve
 
 def test_basic_units_are_whole_words(tokenizer, make_examples, matcher):
     examples = make_examples(126, n=64)
-    collator = ErnieCollator.from_tokenizer(
-        tokenizer, matcher=matcher, level_mix={"phrase": 1.0}, sentence_task=None,
+    collator = ErnieCollator(
+        tokenizer, lexicon=matcher, level_mix={"phrase": 1.0}, sentence_task=None,
         short_seq_prob=0.0, seed=2,
     )
     b = collator(examples)
@@ -106,9 +107,9 @@ def test_precomputed_entity_spans(tokenizer, make_examples):
         starts = torch.arange(i % 5, len(e["input_ids"]), 10)  # spans of 2..4 tokens
         e["entity_spans"] = torch.stack([starts, starts + 2 + (starts % 3)], dim=1)
     before = copy.deepcopy(examples)
-    collator = ErnieCollator.from_tokenizer(
+    collator = ErnieCollator(
         tokenizer, lexicon="none", level_mix={"entity": 1.0}, sentence_task=None,
-        short_seq_prob=0.0, basic_unit="token", return_spans=True, seed=3,
+        short_seq_prob=0.0, masking=MaskingConfig(whole_word=False), return_spans=True, seed=3,
     )
     assert collator.matcher is None
     masked_spans = cut = 0
@@ -142,7 +143,7 @@ def test_precomputed_spans_survive_pairing(tokenizer, make_examples):
     for e in examples:
         starts = torch.arange(0, max(len(e["input_ids"]) - 3, 0), 7)
         e["entity_spans"] = torch.stack([starts, starts + 3], dim=1)
-    collator = ErnieCollator.from_tokenizer(
+    collator = ErnieCollator(
         tokenizer, lexicon="none", level_mix={"entity": 1.0}, return_spans=True, seed=4
     )
     spans = 0
@@ -173,8 +174,8 @@ def test_level_schedule_is_exact_in_loader_workers(tokenizer, make_examples, mat
     examples = make_examples(125, n=64)
 
     def loader():
-        collator = ErnieCollator.from_tokenizer(
-            tokenizer, matcher=matcher, return_level=True, seed=5, level_schedule=SCHEDULE
+        collator = ErnieCollator(
+            tokenizer, lexicon=matcher, return_level=True, seed=5, level_schedule=SCHEDULE
         )
         ld = ResumableLoader(examples, collator, batch_size=8, seed=1, num_workers=2)
         ld.accumulate_grad_batches = accumulate
@@ -204,8 +205,8 @@ def test_level_schedule_is_exact_in_loader_workers(tokenizer, make_examples, mat
 def test_level_schedule_shared_counter_outside_plmkit(tokenizer, make_examples, matcher):
     """A plain DataLoader's workers follow a shared step counter written by the trainer."""
     counter = torch.zeros(1, dtype=torch.long).share_memory_()
-    collator = ErnieCollator.from_tokenizer(
-        tokenizer, matcher=matcher, return_level=True, seed=5, level_schedule=SCHEDULE,
+    collator = ErnieCollator(
+        tokenizer, lexicon=matcher, return_level=True, seed=5, level_schedule=SCHEDULE,
         step_counter=counter,
     )
     loader = torch.utils.data.DataLoader(
@@ -245,12 +246,12 @@ def test_entity_spans_from_a_jsonl_corpus(tmp_path, tokenizer):
     corpus.write_text("\n".join(json.dumps(r) for r in rows))
 
     dm = PretrainDataModule(corpus=str(corpus), text_field="body", entity_field="ents",
-                            max_length=64, batch_size=16, num_workers=0, num_proc=1,
+                            max_length=128, batch_size=16, num_workers=0, num_proc=1,
                             val_fraction=0.0, cache_dir=str(tmp_path / "cache"))
     dm.use_tokenizer(tokenizer)
     corpus_arrays = dm.prepare(ErnieObjective(lexicon="none"))
     assert corpus_arrays.entity_id is not None
-    dataset = BlockDataset(pack(corpus_arrays, np.arange(corpus_arrays.num_documents), 61))
+    dataset = BlockDataset(pack(corpus_arrays, np.arange(corpus_arrays.num_documents), 125))
     name_ids = {tuple(tokenizer(n, add_special_tokens=False)["input_ids"]) for n in names}
     spans = 0
     for k in range(0, 200):
@@ -266,8 +267,8 @@ def test_entity_spans_from_a_jsonl_corpus(tmp_path, tokenizer):
                 spans += 1
     assert spans > 300
     # the collator masks every span from the corpus as one unit
-    collator = ErnieCollator.from_tokenizer(tokenizer, lexicon="none", max_length=64,
-                                            level_mix={"entity": 1.0}, return_spans=True)
+    collator = ErnieCollator(tokenizer, lexicon="none", max_length=64,
+                             level_mix={"entity": 1.0}, return_spans=True)
     examples = [dataset[k] for k in range(128)]
     units = 0
     for b in _batches(collator, examples, rounds=2):
@@ -287,7 +288,7 @@ def test_dataloader_workers_seed_and_no_mutation(tokenizer, make_examples, match
     before = copy.deepcopy(examples)
 
     def labels(seed):
-        collator = ErnieCollator.from_tokenizer(tokenizer, matcher=matcher, seed=seed)
+        collator = ErnieCollator(tokenizer, lexicon=matcher, seed=seed)
         loader = torch.utils.data.DataLoader(
             examples, batch_size=32, collate_fn=collator, num_workers=2
         )
@@ -296,7 +297,7 @@ def test_dataloader_workers_seed_and_no_mutation(tokenizer, make_examples, match
     first, again, other = labels(7), labels(7), labels(8)
     assert all(torch.equal(x, y) for x, y in zip(first, again))
     assert not all(torch.equal(x, y) for x, y in zip(first, other))
-    collator = ErnieCollator.from_tokenizer(tokenizer, matcher=matcher, seed=7)
+    collator = ErnieCollator(tokenizer, lexicon=matcher, seed=7)
     same = torch.utils.data.DataLoader(
         [examples[:32], examples[:32]], batch_size=None, collate_fn=collator, num_workers=2
     )

@@ -208,6 +208,31 @@ def test_random_init_baseline_differs_from_the_model(models):
                                                  fresh_again.state_dict().values()))
 
 
+def test_adapters_come_from_plugin_hooks():
+    from plmkit.errors import PluginError
+    from plmkit.evaluate import adapters, registered_adapters
+    from plmkit.registry import hookimpl
+
+    found = registered_adapters()
+    assert found["gpt2"].pooling == "last" and {"t5", "plmkit-elmo"} <= set(found)
+    assert "bert" not in found  # transformers encoders need no adapter
+    core = Path(adapters.__file__).parent
+    assert not any("plmkit.plugins" in f.read_text() for f in core.glob("*.py"))
+
+    class Duplicate:  # a second plugin claiming a model type is an error naming both
+        @hookimpl
+        def plmkit_evaluation_adapters(self):
+            return {"gpt2": found["gpt2"]}
+
+    manager = get_registry().manager
+    manager.register(Duplicate(), name="duplicate-adapter")
+    try:
+        with pytest.raises(PluginError, match="'gpt2' is registered twice.*duplicate-adapter"):
+            registered_adapters()
+    finally:
+        manager.unregister(name="duplicate-adapter")
+
+
 def test_pooling():
     hidden = torch.arange(2 * 1 * 3 * 2, dtype=torch.float).view(2, 1, 3, 2)
     mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
@@ -257,8 +282,9 @@ def test_evaluate_command_prints_scores_and_gain(run_plmkit, models, task_file, 
 # ----------------------------------------------------------------------------- compare
 SMALL_FIT = ["--data.max_documents", "300", "--data.num_workers", "0", "--data.batch_size", "8",
              "--data.max_length", "32", "--data.vocab_size", "500",
-             "--model.init_args.hidden_size", "32", "--model.init_args.num_layers", "1",
-             "--model.init_args.intermediate_size", "64",
+             "--model.init_args.encoder.hidden_size", "32",
+             "--model.init_args.encoder.num_layers", "1",
+             "--model.init_args.encoder.intermediate_size", "64",
              "--trainer.enable_model_summary", "false"]
 
 

@@ -31,3 +31,17 @@ def test_bert_export_matches_checkpoint(tiny_fit, run_plmkit, tmp_path: Path):
     # the run's tokenizer was saved with the run and is the exported one
     saved = (run / "tokenizer" / "tokenizer.json").read_text()
     assert saved == (out / "tokenizer.json").read_text()
+    # a plugin's export option is refused for the checkpoints of other objectives
+    code, _, err = run_plmkit("export", ckpt, tmp_path / "gen", "--generator")
+    assert code == 2 and "--generator applies to electra checkpoints only" in err, err
+
+
+def test_export_options_come_from_plugins():
+    from plmkit.export import export_options
+    from plmkit.registry import get_registry
+
+    option = export_options()["generator"]  # declared by the ELECTRA plugin's hook
+    objectives = get_registry().objectives
+    assert option.flag == "--generator" and option.type is bool
+    assert option.applies_to(objectives["electra"].cls)
+    assert not option.applies_to(objectives["bert"].cls)

@@ -9,6 +9,7 @@ import torch
 from conftest import falling, metric_series
 
 from plmkit.collator import IGNORE_INDEX
+from plmkit.config import SpecialTokens
 from plmkit.plugins.gpt import GptCollator, document_causal_mask
 
 
@@ -39,7 +40,7 @@ def test_labels_padding_and_no_mutation(tokenizer, make_examples):
              for i, e in enumerate(examples)]
     before = copy.deepcopy(short)
     for document_mask in (False, True):
-        b = GptCollator.from_tokenizer(tokenizer, document_mask=document_mask)(short)
+        b = GptCollator(tokenizer, document_mask=document_mask)(short)
         assert b["input_ids"].shape == (8, 110)
         for i, e in enumerate(short):
             n = len(e["input_ids"])
@@ -58,7 +59,7 @@ def test_labels_padding_and_no_mutation(tokenizer, make_examples):
 
 def test_positions_restart_at_each_document(tokenizer, make_examples):
     examples = make_examples(128, "stream", n=128)
-    b = GptCollator.from_tokenizer(tokenizer, document_mask=True, max_length=128)(examples)
+    b = GptCollator(tokenizer, document_mask=True, max_length=128)(examples)
     ids, pos = b["input_ids"], b["position_ids"]
     sep = tokenizer.eos_token_id
     restarts = 0
@@ -78,7 +79,7 @@ def test_positions_restart_at_each_document(tokenizer, make_examples):
 
 def test_boundary_without_separator_cuts_the_label(tokenizer):
     ex = {"input_ids": torch.tensor([10, 11, 12, 20, 21]), "doc_ids": torch.tensor([0, 0, 0, 1, 1])}
-    b = GptCollator.from_tokenizer(tokenizer, document_mask=True)([ex])
+    b = GptCollator(tokenizer, document_mask=True)([ex])
     assert b["position_ids"].tolist() == [[0, 1, 2, 0, 1]]
     assert b["labels"].tolist() == [[10, 11, 12, IGNORE_INDEX, 21]]
 
@@ -87,7 +88,7 @@ def test_boundary_without_separator_cuts_the_label(tokenizer):
 def test_second_document_sees_only_itself(tokenizer, make_examples, document_mask):
     """A token of document 2 gets the same logits whether or not document 1 precedes it."""
     objective = _tiny_gpt(tokenizer, document_mask)
-    collator = GptCollator.from_tokenizer(tokenizer, document_mask=document_mask)
+    collator = GptCollator(tokenizer, document_mask=document_mask)
     sep = tokenizer.eos_token_id
     worst, checked = 0.0, 0
     for ex in make_examples(128, "stream", n=32):
@@ -120,17 +121,22 @@ def test_second_document_sees_only_itself(tokenizer, make_examples, document_mas
 
 def test_loss_matches_transformers(tokenizer, make_examples):
     objective = _tiny_gpt(tokenizer, document_mask=False)
-    batch = GptCollator.from_tokenizer(tokenizer)(make_examples(128, "stream", n=8))
+    batch = GptCollator(tokenizer)(make_examples(128, "stream", n=8))
     loss, metrics = objective.compute_loss(batch)
     with torch.no_grad():
         reference = objective.model(**batch).loss
     assert torch.allclose(loss, reference, atol=1e-5)
     assert 0.0 <= metrics["accuracy"] <= 1.0
+    # a block is one model input; learned positions bound data.max_length
+    assert objective.block_length(128) == 128 and objective.max_positions() == 128
+    tokens = SpecialTokens.from_tokenizer(tokenizer)
+    from_ids = GptCollator(tokens)(make_examples(128, "stream", n=8))
+    assert all(torch.equal(batch[k], from_ids[k]) for k in batch)
 
 
 def test_dataloader_with_two_workers(tokenizer, make_examples):
     examples = make_examples(128, "stream", n=64)
-    collator = GptCollator.from_tokenizer(tokenizer, document_mask=True)
+    collator = GptCollator(tokenizer, document_mask=True)
     loader = torch.utils.data.DataLoader(examples, batch_size=16, num_workers=2,
                                          collate_fn=collator)
     batches = list(loader)

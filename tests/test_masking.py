@@ -1,7 +1,8 @@
 """The shared masking primitives: budgets, token / whole-word / n-gram / geometric-span selection,
-80/10/10 corruption. Statistical checks run over many rows with stated tolerances; the span
-selectors are also compared with plain-Python re-implementations of the original algorithms
-(google-research/albert n-gram masking, facebookresearch/SpanBERT span masking)."""
+80/10/10 corruption, window helpers. Statistical checks run over many rows with stated
+tolerances; the span selectors are also compared with plain-Python re-implementations of the
+original algorithms (google-research/albert n-gram masking, facebookresearch/SpanBERT span
+masking)."""
 
 from __future__ import annotations
 
@@ -151,10 +152,40 @@ def test_select_exact_whole_words_never_split():
         sel = masking.select_exact(cand, counts, g, unit_ids=words)
         assert never_split(sel, words)
         assert not (sel & (words == bad_word.unsqueeze(1))).any()
-        # the budget holds (at least one word is always taken)
-        over = sel.sum(1) > counts
-        assert (~over | (sel.sum(1) <= 3)).all()
+        assert (sel.sum(1) <= counts).all()  # never over the budget
         assert (sel.sum(1) >= counts - 2).float().mean() > 0.95
+
+
+def test_whole_words_meet_the_budget_skipping_words_that_do_not_fit():
+    """BERT's rule: a word that would overshoot is skipped and the next one tried, so a row
+    stays within its budget and ends under it only when no word left fits; rows with enough
+    one-token words are filled exactly."""
+    g = torch.Generator().manual_seed(4)
+    cand, words, _ = make_rows(384, 60, seed=5, max_word=4, pad_max=30)
+    counts = masking.exact_counts(cand.sum(1), 0.15, max_predictions=20)
+    size, _ = per_unit(words, cand)
+    one_token = torch.zeros(len(cand), dtype=torch.long)
+    for row in range(len(cand)):
+        _, ids_count = words[row][words[row] >= 0].unique(return_counts=True)
+        one_token[row] = (ids_count == 1).sum()
+    for _ in range(10):
+        sel = masking.select_exact(cand, counts, g, unit_ids=words)
+        taken = sel.sum(1)
+        assert never_split(sel, words) and (taken <= counts).all()
+        assert torch.equal(taken[one_token >= counts], counts[one_token >= counts])
+        # where a row is under budget, every word it left out is larger than what is left
+        room = counts - taken
+        left_out = (words >= 0) & ~sel
+        word_size = torch.zeros_like(words)
+        for row in range(len(cand)):
+            ids = words[row].clamp(min=0)
+            word_size[row] = torch.bincount(ids, minlength=int(ids.max()) + 1)[ids]
+        assert (~left_out | (word_size > room.unsqueeze(1))).all()
+    assert (one_token >= counts).sum() > 20 and size.max() == 4
+    # a word larger than the whole budget is never taken (nothing rather than too much)
+    big = torch.tensor([[-1, 0, 0, 0, -1]])
+    nothing = masking.select_exact(big >= 0, torch.tensor([2]), g, unit_ids=big)
+    assert not nothing.any()
 
 
 def test_select_bernoulli_rate_tokens_and_words():
@@ -241,6 +272,34 @@ def test_run_ids_and_span_bounds():
     first, last = masking.span_bounds(ids)
     assert first.tolist() == [[o, 1, 1, o, 4, o, o, 7, 7, 7], [0, 0, 0, 0, o, o, o, o, o, 9]]
     assert last.tolist() == [[o, 2, 2, o, 4, o, o, 9, 9, 9], [3, 3, 3, 3, o, o, o, o, o, 9]]
+
+
+# ------------------------------------------------------------------------ window helpers
+
+
+def test_window_count_matches_slices():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(8, 13, generator=g) < 0.4
+    for left, right in [(0, 0), (0, 2), (-2, -1), (-3, 3), (1, 4), (-20, 20)]:
+        got = masking.window_count(x, left, right)
+        for s in range(x.shape[1]):
+            lo, hi = max(s + left, 0), max(min(s + right + 1, x.shape[1]), 0)
+            expected = x[:, lo:hi].long().sum(dim=1) if hi > lo else torch.zeros(8)
+            assert got[:, s].tolist() == expected.tolist(), (left, right, s)
+
+
+def test_greedy_non_overlapping_matches_a_python_scan():
+    g = torch.Generator().manual_seed(0)
+    for length in (2, 3, 5):
+        starts = torch.rand(64, 40, generator=g) < 0.3
+        got = masking.greedy_non_overlapping(starts, length)
+        for row in range(64):
+            expected, end = [], -1
+            for s in starts[row].nonzero().flatten().tolist():
+                if s >= end:
+                    expected.append(s)
+                    end = s + length
+            assert got[row].nonzero().flatten().tolist() == expected
 
 
 # ------------------------------------------------------------------------ select_ngrams

@@ -24,9 +24,11 @@ def test_wheel_contains_plugins_recipes_and_data(tmp_path: Path):
     assert "bert" in plugins
     for plugin in plugins:
         assert f"plmkit/plugins/{plugin}/__init__.py" in names, plugin
-    recipes = sorted(p.name for p in (ROOT / "recipes").glob("*.yaml"))
+    recipes = sorted(p.relative_to(ROOT / "plugins") for p in ROOT.glob("plugins/*/recipes/*.yaml"))
+    assert "bert/recipes/bert_tiny.yaml" in {str(r) for r in recipes}
     for recipe in recipes:
-        assert f"plmkit/recipes/{recipe}" in names, recipe
+        assert f"plmkit/plugins/{recipe.as_posix()}" in names, recipe
+    assert not any(n.startswith("plmkit/recipes/") for n in names)
     for data in ("corpus.txt.gz", "eval.jsonl.gz", "lexicon.tsv.gz", "LICENSE"):
         assert f"plmkit/data/wordnet/{data}" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))

@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
 
-from plmkit.registry import get_registry
+from plmkit.errors import PluginError
+from plmkit.registry import PluginInfo, build_registry, get_registry, hookimpl
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -41,6 +43,29 @@ def test_builtin_objectives_registered_through_entry_points():
     registry = get_registry()
     assert registry.objective("bert").plugin.distribution == "plmkit"
     assert "bert_tiny" in registry.recipes
+
+
+def test_builtin_recipes_come_from_each_methods_own_folder():
+    registry = get_registry()
+    for name, recipe in registry.recipes.items():
+        if recipe.plugin.distribution == "plmkit":
+            assert recipe.path.parent.name == "recipes"
+            assert recipe.path.parent.parent.name == recipe.plugin.name, name
+    assert registry.recipe("electra_tiny").plugin.name == "electra"
+
+
+def test_duplicate_recipe_names_both_plugins(tmp_path: Path):
+    registry = build_registry()
+    (tmp_path / "bert_tiny.yaml").write_text("# a second bert_tiny\n")
+    plugin = types.ModuleType("dup_recipes")
+    plugin.plmkit_recipe_dirs = hookimpl(lambda: [tmp_path])
+    registry.manager.register(plugin, name="dup")
+    registry.plugins.append(PluginInfo("dup", "plmkit-dup", "0.1"))
+    with pytest.raises(PluginError, match="recipe 'bert_tiny' is defined twice") as error:
+        registry.recipe("bert_tiny")
+    message = str(error.value)
+    assert "bert (plmkit " in message and "dup (plmkit-dup 0.1)" in message
+    assert str(tmp_path / "bert_tiny.yaml") in message
 
 
 def test_third_party_plugin_is_discovered_and_trains(plugin_site: Path, tmp_path: Path):

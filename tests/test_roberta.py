@@ -12,6 +12,7 @@ from conftest import falling, metric_series
 from torch.utils.data import DataLoader
 
 from plmkit.collator import IGNORE_INDEX
+from plmkit.config import EncoderConfig, MaskingConfig
 from plmkit.data.loader import POSITION_KEY, ResumableLoader
 from plmkit.plugins.roberta import RobertaCollator
 
@@ -21,7 +22,7 @@ BLOCK = MAX_LENGTH - 2
 
 @pytest.fixture(scope="module")
 def stream_examples(make_examples):
-    return make_examples(BLOCK, "stream", n=512)
+    return make_examples(BLOCK, "sentences", n=512)
 
 
 def _restore(batch):
@@ -40,18 +41,24 @@ def test_import_without_lightning():
 def test_full_sentences_inputs(tokenizer, stream_examples):
     from plmkit.plugins.roberta import RobertaObjective
 
-    assert RobertaObjective.packing == "stream"
-    assert RobertaObjective().block_length(MAX_LENGTH) == BLOCK
-    assert RobertaObjective(max_position_embeddings=514).max_positions() == 512
-    collator = RobertaCollator.from_tokenizer(tokenizer, max_length=MAX_LENGTH, seed=0)
+    assert RobertaObjective.packing == "sentences"
+    objective = RobertaObjective(encoder=EncoderConfig(size="tiny", max_position_embeddings=512))
+    objective.attach_tokenizer(tokenizer, MAX_LENGTH)
+    assert objective.block_length(MAX_LENGTH) == BLOCK
+    assert objective.max_positions() == 512  # inputs of 512 need 514 rows (padding offset)
+    assert objective.build_model().config.max_position_embeddings == 514
+    collator = RobertaCollator(tokenizer, max_length=MAX_LENGTH, seed=0)
     examples = stream_examples[:64]
     batch = collator(examples)
     assert set(batch) == {"input_ids", "attention_mask", "labels"}  # no NSP, no token types
-    assert batch["input_ids"].shape == (64, MAX_LENGTH)  # full blocks: no padding
-    assert batch["attention_mask"].all()
-    expected = torch.stack([
+    # whole sentences up to the length: blocks are nearly full, the rest is padding
+    lengths = torch.tensor([len(e["input_ids"]) for e in examples])
+    assert (lengths <= BLOCK).all() and lengths.float().mean() > 0.9 * BLOCK
+    assert torch.equal(batch["attention_mask"].sum(dim=1), lengths + 2)
+    expected = torch.stack([torch.nn.functional.pad(
         torch.cat([torch.tensor([tokenizer.cls_token_id]), e["input_ids"],
-                   torch.tensor([tokenizer.sep_token_id])])
+                   torch.tensor([tokenizer.sep_token_id])]),
+        (0, batch["input_ids"].shape[1] - len(e["input_ids"]) - 2), value=tokenizer.pad_token_id)
         for e in examples
     ])
     assert torch.equal(_restore(batch), expected)
@@ -63,8 +70,8 @@ def test_full_sentences_inputs(tokenizer, stream_examples):
 
 @pytest.mark.parametrize("exact_count", [True, False])
 def test_masking_statistics(tokenizer, stream_examples, exact_count):
-    collator = RobertaCollator.from_tokenizer(
-        tokenizer, max_length=MAX_LENGTH, exact_count=exact_count, seed=1
+    collator = RobertaCollator(
+        tokenizer, max_length=MAX_LENGTH, masking=MaskingConfig(exact_count=exact_count), seed=1
     )
     special = torch.tensor(sorted(tokenizer.all_special_ids))
     masked = maskable = n_mask = n_random = n_keep = 0
@@ -106,7 +113,7 @@ def test_dynamic_masking_across_epochs(tokenizer, stream_examples):
     examples = stream_examples[:64]
 
     def run_epochs(epochs):
-        collator = RobertaCollator.from_tokenizer(tokenizer, max_length=MAX_LENGTH, seed=0)
+        collator = RobertaCollator(tokenizer, max_length=MAX_LENGTH, seed=0)
         loader = ResumableLoader(examples, collator, batch_size=16, seed=5)
         masks = []
         for _ in range(epochs):
@@ -116,7 +123,8 @@ def test_dynamic_masking_across_epochs(tokenizer, stream_examples):
                 loader.mark_consumed((epoch, position, number))
                 ids = loader.order(epoch)[position * 16 : (position + 1) * 16]
                 for row, index in enumerate(ids):
-                    assert torch.equal(_restore(batch)[row, 1:-1], examples[index]["input_ids"])
+                    block = examples[index]["input_ids"]
+                    assert torch.equal(_restore(batch)[row, 1 : len(block) + 1], block)
                     by_block[int(index)] = batch["labels"][row] != IGNORE_INDEX
             assert len(by_block) == len(examples)
             masks.append(by_block)
@@ -137,7 +145,7 @@ def _worker_batches(collator, example, n=8):
 
 def test_dataloader_workers(tokenizer, stream_examples):
     def make(seed):
-        return RobertaCollator.from_tokenizer(tokenizer, max_length=MAX_LENGTH, seed=seed)
+        return RobertaCollator(tokenizer, max_length=MAX_LENGTH, seed=seed)
 
     first = _worker_batches(make(3), stream_examples[0])
     # batches 0 and 1 come from workers 0 and 1: the same rows, masked differently
@@ -154,7 +162,7 @@ def test_inputs_not_mutated(tokenizer, stream_examples):
     examples = [dict(e) for e in stream_examples[:16]]
     examples[0] = {k: v.tolist() for k, v in examples[0].items()}  # lists work too
     before = copy.deepcopy(examples)
-    RobertaCollator.from_tokenizer(tokenizer, max_length=MAX_LENGTH)(examples)
+    RobertaCollator(tokenizer, max_length=MAX_LENGTH)(examples)
     for a, b in zip(examples, before):
         assert a.keys() == b.keys()
         for key in a:
@@ -164,8 +172,9 @@ def test_inputs_not_mutated(tokenizer, stream_examples):
 def test_gathered_loss_matches_full_head(tokenizer, stream_examples):
     from plmkit.plugins.roberta import RobertaObjective
 
-    objective = RobertaObjective(hidden_size=32, num_layers=1, num_heads=2,
-                                 intermediate_size=64)
+    objective = RobertaObjective(encoder=EncoderConfig(
+        hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
+        max_position_embeddings=MAX_LENGTH))
     objective.attach_tokenizer(tokenizer, MAX_LENGTH)
     objective.configure_model()
     model = objective.model.eval()
@@ -199,8 +208,7 @@ def test_hf_trainer(tmp_path, tokenizer, stream_examples):
                              remove_unused_columns=False, save_strategy="no",
                              logging_steps=1)
     trainer = Trainer(model=RobertaForMaskedLM(config), args=args, train_dataset=Raw(),
-                      data_collator=RobertaCollator.from_tokenizer(tokenizer,
-                                                                   max_length=MAX_LENGTH))
+                      data_collator=RobertaCollator(tokenizer, max_length=MAX_LENGTH))
     result = trainer.train()
     assert result.global_step == 3
     assert torch.isfinite(torch.tensor(result.training_loss))

@@ -30,7 +30,7 @@ def _one_thread():
 def batches(tokenizer, make_examples):
     """(examples, collated batches) at max_length 128: 8 passes over 256 blocks."""
     examples = make_examples(126)
-    collator = SpanBertCollator.from_tokenizer(tokenizer, max_length=128, seed=1)
+    collator = SpanBertCollator(tokenizer, max_length=128, seed=1)
     out = []
     for _ in range(8):
         for i in range(0, len(examples) - 31, 32):
@@ -62,7 +62,7 @@ def test_masked_fraction_is_ceil_15_percent(tokenizer, batches):
         content = b["attention_mask"].bool() & ~torch.isin(b["input_ids"], special)
         content |= sel  # masked positions hold [MASK] now
         n = content.sum(dim=1)
-        assert torch.equal(sel.sum(dim=1), torch.tensor([math.ceil(0.15 * k) for k in n]))
+        assert torch.equal(sel.sum(dim=1), torch.tensor([math.ceil(0.15 * k) for k in n.tolist()]))
         assert not torch.isin(b["labels"][sel], special).any()
         assert (b["labels"][b["attention_mask"] == 0] == IGNORE_INDEX).all()
         masked += int(sel.sum())
@@ -152,7 +152,7 @@ def test_dataloader_workers(tokenizer, make_examples):
     data = [examples[i % 8] for i in range(32)]  # every batch holds the same 8 examples
 
     def labels(seed: int) -> list[torch.Tensor]:
-        collator = SpanBertCollator.from_tokenizer(tokenizer, max_length=128, seed=seed)
+        collator = SpanBertCollator(tokenizer, max_length=128, seed=seed)
         loader = torch.utils.data.DataLoader(data, batch_size=8, num_workers=2,
                                              collate_fn=collator)
         return [b["labels"] for b in loader]
@@ -167,7 +167,7 @@ def test_dataloader_workers(tokenizer, make_examples):
 def test_inputs_not_mutated(tokenizer, make_examples):
     examples = make_examples(126, n=16)
     before = copy.deepcopy(examples)
-    SpanBertCollator.from_tokenizer(tokenizer, max_length=128)(examples)
+    SpanBertCollator(tokenizer, max_length=128)(examples)
     for a, b in zip(examples, before):
         for key in a:
             assert torch.equal(torch.as_tensor(a[key]), torch.as_tensor(b[key]))
@@ -176,8 +176,10 @@ def test_inputs_not_mutated(tokenizer, make_examples):
 def test_collator_imports_without_lightning():
     code = (
         "import sys; sys.modules['lightning'] = None; sys.modules['pytorch_lightning'] = None\n"
+        "from plmkit.config import SpecialTokens\n"
         "from plmkit.plugins.spanbert import SpanBertCollator\n"
-        "c = SpanBertCollator(100, 2, 3, 0, 4, [0, 1, 2, 3, 4], max_length=32)\n"
+        "tokens = SpecialTokens(vocab_size=100, pad=0, cls=2, sep=3, mask=4, all=(0, 1, 2, 3, 4))\n"
+        "c = SpanBertCollator(tokens, max_length=32)\n"
         "b = c([{'input_ids': list(range(5, 40))}])\n"
         "assert b['input_ids'].shape == (1, 32), b['input_ids'].shape\n"
     )
@@ -213,7 +215,7 @@ def test_model_losses_and_batch_without_sbo_targets(tokenizer, make_examples):
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1,
                         num_attention_heads=2, intermediate_size=64)
     model = SpanBertModel(config)
-    collator = SpanBertCollator.from_tokenizer(tokenizer, max_length=64, seed=0)
+    collator = SpanBertCollator(tokenizer, max_length=64, seed=0)
     batch = collator(make_examples(62, n=8))
     out = model(**batch)
     assert out["mlm_loss"] > 0 and out["sbo_loss"] > 0

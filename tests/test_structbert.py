@@ -11,6 +11,7 @@ import torch
 from conftest import falling, metric_series
 
 from plmkit.collator import IGNORE_INDEX
+from plmkit.config import MaskingConfig
 from plmkit.plugins.structbert import StructBertCollator
 
 
@@ -41,7 +42,7 @@ def _special(tokenizer):
 
 def test_mlm_rate_and_sso_balance(tokenizer, make_examples):
     examples = make_examples(125)
-    collator = StructBertCollator.from_tokenizer(tokenizer, max_length=128, seed=1)
+    collator = StructBertCollator(tokenizer, max_length=128, seed=1)
     batches = _batches(collator, examples)
     masked = real = 0
     for b in batches:
@@ -64,7 +65,7 @@ def _original(batch):
 
 def test_shuffled_trigrams(tokenizer, make_examples):
     examples = make_examples(125)
-    collator = StructBertCollator.from_tokenizer(tokenizer, seed=2)
+    collator = StructBertCollator(tokenizer, seed=2)
     chosen = eligible = 0
     for b in _batches(collator, examples, rounds=4):
         wso, mlm = b["wso_labels"] != IGNORE_INDEX, b["labels"] != IGNORE_INDEX
@@ -91,7 +92,7 @@ def test_shuffled_trigrams(tokenizer, make_examples):
 def test_wso_labels_and_untouched_tokens(tokenizer, make_examples):
     """Single segments map 1:1 onto the raw example: only MLM and WSO positions change."""
     examples = make_examples(126, n=64)
-    collator = StructBertCollator.from_tokenizer(
+    collator = StructBertCollator(
         tokenizer, sentence_task=None, short_seq_prob=0.0, seed=3
     )
     b = collator(examples)
@@ -112,9 +113,9 @@ def test_all_equal_trigrams_are_never_chosen(tokenizer):
     a, c = 100, 101
     same = {"input_ids": torch.full((60,), a)}
     pattern = {"input_ids": torch.tensor([a, a, c] * 20)}
-    collator = StructBertCollator.from_tokenizer(
-        tokenizer, sentence_task=None, short_seq_prob=0.0, mlm_probability=0.01,
-        wso_probability=0.3, seed=4,
+    collator = StructBertCollator(
+        tokenizer, sentence_task=None, short_seq_prob=0.0,
+        masking=MaskingConfig(probability=0.01), wso_probability=0.3, seed=4,
     )
     b = collator([same] * 8)
     assert (b["wso_labels"] == IGNORE_INDEX).all()
@@ -138,7 +139,7 @@ def test_dataloader_workers_seed_and_no_mutation(tokenizer, make_examples):
     before = copy.deepcopy(examples)
 
     def masks(seed):
-        collator = StructBertCollator.from_tokenizer(tokenizer, seed=seed)
+        collator = StructBertCollator(tokenizer, seed=seed)
         loader = torch.utils.data.DataLoader(
             examples, batch_size=32, collate_fn=collator, num_workers=2
         )
@@ -149,7 +150,7 @@ def test_dataloader_workers_seed_and_no_mutation(tokenizer, make_examples):
     assert not all(torch.equal(x, y) for x, y in zip(first, other))
     # batches 0 and 1 come from workers 0 and 1: same examples would still differ;
     # here: the same collator on identical inputs in two workers draws different masks
-    collator = StructBertCollator.from_tokenizer(tokenizer, seed=5)
+    collator = StructBertCollator(tokenizer, seed=5)
     same = torch.utils.data.DataLoader(
         [examples[:32], examples[:32]], batch_size=None, collate_fn=collator, num_workers=2
     )

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
+import warnings
 from collections import Counter
 
 import pytest
@@ -11,12 +13,14 @@ import torch
 from conftest import falling, metric_series
 
 from plmkit.collator import IGNORE_INDEX
+from plmkit.config import SpecialTokens
 from plmkit.plugins.t5 import (
     T5SpanCorruptionCollator,
     random_spans_helper,
     random_spans_noise_mask,
     sentinel_tokens,
 )
+from plmkit.throughput import flops_per_token
 
 
 @pytest.fixture(scope="module")
@@ -114,8 +118,11 @@ def test_reconstruction_sentinels_and_lengths(t5_tokenizer, make_examples):
     assert tok.convert_tokens_to_ids(names) == [vocab - 1 - k for k in range(100)]
     examples = make_examples(141, "stream", n=256)
     before = copy.deepcopy(examples)
-    collator = T5SpanCorruptionCollator.from_tokenizer(tok, input_length=128, seed=5)
+    collator = T5SpanCorruptionCollator(tok, input_length=128, seed=5)
     assert collator.target_length == 29
+    # a SpecialTokens gives plmkit's sentinel layout: the same ids as looked up by name
+    bare = T5SpanCorruptionCollator(SpecialTokens.from_tokenizer(tok), input_length=128)
+    assert torch.equal(bare.sentinel_ids, collator.sentinel_ids)
     sentinels = set(range(vocab - 100, vocab))
     eos = tok.eos_token_id
     for i in range(0, len(examples), 64):
@@ -140,11 +147,11 @@ def test_reconstruction_sentinels_and_lengths(t5_tokenizer, make_examples):
 
 def test_tokenizer_without_sentinels_is_refused(tokenizer):
     with pytest.raises(ValueError, match="extra_id_0"):
-        T5SpanCorruptionCollator.from_tokenizer(tokenizer)
+        T5SpanCorruptionCollator(tokenizer)
 
 
 def test_paper_lengths_and_short_examples(t5_tokenizer):
-    collator = T5SpanCorruptionCollator.from_tokenizer(t5_tokenizer, input_length=512, seed=1)
+    collator = T5SpanCorruptionCollator(t5_tokenizer, input_length=512, seed=1)
     ids = torch.randint(5, 1500, (8, 600))
     batch = collator([{"input_ids": row} for row in ids])  # longer examples are cut to 568
     assert batch["input_ids"].shape == (8, 512) and batch["labels"].shape == (8, 114)
@@ -164,8 +171,7 @@ def test_dataloader_workers_and_seeds(t5_tokenizer, make_examples):
     data = [example] * 32  # identical examples: only the masks can differ
 
     def run(seed):
-        collator = T5SpanCorruptionCollator.from_tokenizer(t5_tokenizer, input_length=128,
-                                                           seed=seed)
+        collator = T5SpanCorruptionCollator(t5_tokenizer, input_length=128, seed=seed)
         loader = torch.utils.data.DataLoader(data, batch_size=8, num_workers=2,
                                              collate_fn=collator)
         return [b["input_ids"] for b in loader]
@@ -198,6 +204,37 @@ def test_training_and_export(tiny_fit, export_run, tmp_path):
     assert generated.shape[1] >= 2 and generated[0, 0] == tok.pad_token_id
 
 
+@pytest.mark.parametrize("optimizer", ["adafactor", "adamw"])
+def test_inverse_sqrt_schedule_is_t5s(t5_tokenizer, optimizer):
+    """The T5 paper's ``1 / sqrt(max(n, k))``: constant for the first k steps (no linear
+    ramp), then the inverse square root; with lr = 1 / sqrt(k) it is T5's rate exactly."""
+    import types
+
+    from plmkit.plugins.t5 import T5Objective
+
+    objective = T5Objective(
+        d_model=32, num_layers=1, num_heads=2, d_kv=16, d_ff=64, optimizer=optimizer,
+        optim={"lr": 0.01, "warmup_steps": 10_000, "schedule": "inverse_sqrt"},
+    )
+    objective.attach_tokenizer(t5_tokenizer, 128)
+    objective.configure_model()
+    objective._trainer = types.SimpleNamespace(estimated_stepping_batches=2**19)  # a stub
+    scheduler = objective.configure_optimizers()["lr_scheduler"]["scheduler"]
+    for step in (0, 1, 500, 9_999, 10_000, 40_000, 2**19):
+        lr = objective.optim.lr * scheduler.lr_lambdas[0](step)
+        assert math.isclose(lr, 1 / math.sqrt(max(step, 10_000)), rel_tol=1e-9), step
+    # a run shorter than the warmup keeps the constant rate, with no warning about it
+    objective._trainer = types.SimpleNamespace(estimated_stepping_batches=100)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        scheduler = objective.configure_optimizers()["lr_scheduler"]["scheduler"]
+    assert [scheduler.lr_lambdas[0](s) for s in (0, 50, 99)] == [1.0, 1.0, 1.0]
+    # other schedules are the core's
+    objective.optim = dataclasses.replace(objective.optim, schedule="linear", warmup_steps=10)
+    scheduler = objective.configure_optimizers()["lr_scheduler"]["scheduler"]
+    assert scheduler.lr_lambdas[0](5) == 0.5
+
+
 def test_adafactor_follows_the_schedule_and_learns(t5_tokenizer, make_examples):
     import types
 
@@ -211,13 +248,13 @@ def test_adafactor_follows_the_schedule_and_learns(t5_tokenizer, make_examples):
     objective.attach_tokenizer(t5_tokenizer, 128)
     objective.configure_model()
     assert objective.target_length == 29 and objective.block_length(512) == 568
-    assert objective.flops_per_token(128) > 0
+    assert flops_per_token(objective, 128) > 0
     objective._trainer = types.SimpleNamespace(estimated_stepping_batches=100)  # a stub
     config = objective.configure_optimizers()
     optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
     assert isinstance(optimizer, torch.optim.Adafactor)
-    # linear warmup to 0.01 over 10 steps, then 0.01 * sqrt(10 / t)
-    assert [round(scheduler.lr_lambdas[0](s), 4) for s in (5, 10, 40)] == [0.5, 1.0, 0.5]
+    # T5's 1 / sqrt(max(t, k)): 0.01 for the first k = 10 steps, then 0.01 * sqrt(10 / t)
+    assert [round(scheduler.lr_lambdas[0](s), 4) for s in (0, 5, 10, 40)] == [1, 1, 1, 0.5]
     batch = objective.build_collator(seed=0)(make_examples(141, "stream", n=16))
     losses = []
     for _ in range(15):

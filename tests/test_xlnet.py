@@ -84,10 +84,10 @@ def _check_batch(b, tokenizer, functional_in_order=False):
 def test_perm_mask_and_target_mapping(tokenizer, make_examples):
     for mode, block in (("stream", 125), ("document", 61)):  # odd lengths, padded rows
         examples = make_examples(block, mode, n=64)
-        collator = XLNetCollator.from_tokenizer(tokenizer, max_length=block + 2, seed=1)
+        collator = XLNetCollator(tokenizer, max_length=block + 2, seed=1)
         for _, b in _batches(collator, examples, rounds=1):
             _check_batch(b, tokenizer)
-    original = XLNetCollator.from_tokenizer(
+    original = XLNetCollator(
         tokenizer, max_length=63, functional_in_order=True, perm_size=21, seed=1
     )
     for _, b in _batches(original, make_examples(61, "stream", n=64), rounds=1):
@@ -96,7 +96,7 @@ def test_perm_mask_and_target_mapping(tokenizer, make_examples):
 
 def test_prediction_ratio(tokenizer, make_examples):
     examples = make_examples(125, "stream")
-    collator = XLNetCollator.from_tokenizer(tokenizer, max_length=127, seed=2)
+    collator = XLNetCollator(tokenizer, max_length=127, seed=2)
     special = torch.tensor(tokenizer.all_special_ids)
     predicted = real = 0
     for _, b in _batches(collator, examples, rounds=6):
@@ -106,7 +106,7 @@ def test_prediction_ratio(tokenizer, make_examples):
     assert abs(ratio - 1 / 6) < 0.02, ratio
     # 85 targets at 512, as in the original (num_predict = 85)
     long = make_examples(510, "stream", n=8)
-    b = XLNetCollator.from_tokenizer(tokenizer, max_length=512, seed=3)(long)
+    b = XLNetCollator(tokenizer, max_length=512, seed=3)(long)
     assert b["target_mapping"].shape == (8, 85, 512)
     assert ((b["labels"] != IGNORE_INDEX).sum(dim=1) == 85).all()
 
@@ -127,7 +127,7 @@ def _run_lengths(selected: torch.Tensor, word_ids: torch.Tensor | None) -> torch
 @pytest.mark.parametrize("whole_word", [False, True])
 def test_span_length_law(tokenizer, make_examples, whole_word):
     examples = make_examples(255, "stream", n=192)
-    collator = XLNetCollator.from_tokenizer(
+    collator = XLNetCollator(
         tokenizer, max_length=257, whole_word=whole_word, fill_to_budget=False, seed=4
     )
     lengths = []
@@ -147,7 +147,7 @@ def test_odd_and_tiny_lengths_run_through_the_model(tokenizer):
     from transformers import XLNetConfig, XLNetLMHeadModel
 
     examples = [{"input_ids": torch.randint(10, 500, (n,))} for n in (1, 2, 3, 7, 10, 33)]
-    collator = XLNetCollator.from_tokenizer(tokenizer, max_length=35, seed=5)
+    collator = XLNetCollator(tokenizer, max_length=35, seed=5)
     b = collator(examples)
     assert b["input_ids"].shape == (6, 35)
     _check_batch(b, tokenizer)
@@ -171,7 +171,7 @@ def test_no_information_leak_in_the_model(tokenizer, make_examples):
         XLNetConfig(vocab_size=len(tokenizer), d_model=32, n_layer=2, n_head=2, d_inner=64)
     ).eval()
     example = make_examples(41, "stream", n=1)
-    b = XLNetCollator.from_tokenizer(tokenizer, max_length=43, seed=6)(example)
+    b = XLNetCollator(tokenizer, max_length=43, seed=6)(example)
     inputs = {k: v for k, v in b.items() if k != "labels"}
     base = model(**inputs).logits[0]
     perm = b["perm_mask"][0].bool()
@@ -200,7 +200,7 @@ def test_collator_in_dataloader_workers(tokenizer, make_examples):
     before = copy.deepcopy(examples)
 
     def run(seed):
-        collator = XLNetCollator.from_tokenizer(tokenizer, max_length=63, seed=seed)
+        collator = XLNetCollator(tokenizer, max_length=63, seed=seed)
         loader = torch.utils.data.DataLoader(
             examples, batch_size=16, num_workers=2, collate_fn=collator
         )
@@ -221,6 +221,7 @@ def test_memory_option(tokenizer, make_examples):
     objective = XLNetObjective(hidden_size=32, num_layers=2, num_heads=2,
                                intermediate_size=64, mem_len=16)
     objective.attach_tokenizer(tokenizer, 35)
+    assert objective.block_length(35) == 33 and objective.max_positions() is None
     objective.configure_model()
     collator = objective.build_collator(seed=0)
     examples = make_examples(33, "stream", n=8)
@@ -229,6 +230,50 @@ def test_memory_option(tokenizer, make_examples):
     assert objective._mems is not None and objective._mems[0].shape[:2] == (16, 4)
     loss2, metrics = objective.compute_loss(collator(examples[4:]))
     assert torch.isfinite(loss1) and torch.isfinite(loss2) and "plm_acc" in metrics
+
+
+def _check_exported_layout(out, tokenizer):
+    """The exported tokenizer encodes as the collator does: ``A [SEP] [CLS]`` (pairs
+    ``A [SEP] B [SEP] [CLS]``), ``[CLS]`` of type 2, padding on the left, so that
+    ``XLNetForSequenceClassification`` (which pools the last position) pools ``[CLS]``."""
+    from transformers import AutoTokenizer, XLNetForSequenceClassification
+
+    tok = AutoTokenizer.from_pretrained(out)
+    text = "the bank of a river"
+    enc = tok(text)
+    assert tok.convert_ids_to_tokens(enc["input_ids"][-2:]) == ["[SEP]", "[CLS]"]
+    raw = tok(text, add_special_tokens=False)["input_ids"]
+    b = XLNetCollator(tokenizer, max_length=32)([{"input_ids": torch.tensor(raw)}])
+    n = int(b["attention_mask"].sum())
+    assert enc["input_ids"] == b["input_ids"][0, :n].tolist()
+    assert enc["token_type_ids"] == b["token_type_ids"][0, :n].tolist()
+    pair = tok("a small dog", "the bank")
+    a_len = len(tok("a small dog", add_special_tokens=False)["input_ids"])
+    b_len = len(tok("the bank", add_special_tokens=False)["input_ids"])
+    assert tok.convert_ids_to_tokens(pair["input_ids"])[a_len] == "[SEP]"
+    assert tok.convert_ids_to_tokens(pair["input_ids"][-2:]) == ["[SEP]", "[CLS]"]
+    assert pair["token_type_ids"] == [0] * (a_len + 1) + [1] * (b_len + 1) + [2]
+
+    texts = ["a dog", "the bank of a river in the north"]
+    batch = tok(texts, padding=True, return_tensors="pt")
+    assert (batch["input_ids"][:, -1] == tok.cls_token_id).all()  # left padding
+    model = XLNetForSequenceClassification.from_pretrained(out, num_labels=2).eval()
+    with torch.no_grad():
+        logits = model(**batch).logits
+        alone = torch.cat([model(**tok(t, return_tensors="pt")).logits for t in texts])
+    assert torch.allclose(logits, alone, atol=1e-4)
+
+
+def test_exported_tokenizer_has_xlnets_layout(tokenizer, tmp_path):
+    from plmkit.plugins.xlnet import XLNetObjective
+
+    objective = XLNetObjective(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
+    objective.attach_tokenizer(tokenizer, 64)
+    objective.configure_model()
+    objective.export(tmp_path / "export")
+    _check_exported_layout(tmp_path / "export", tokenizer)
+    # the objective's own tokenizer is unchanged (the data pipeline uses it)
+    assert tokenizer("a dog")["input_ids"][0] == tokenizer.cls_token_id
 
 
 def test_training_lowers_loss_and_exports(tiny_fit, export_run, tmp_path):
@@ -245,3 +290,4 @@ def test_training_lowers_loss_and_exports(tiny_fit, export_run, tmp_path):
     enc = tok(["a small dog", "the bank of a river"], return_tensors="pt", padding=True)
     hidden = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])[0]
     assert hidden.shape[:2] == enc["input_ids"].shape and torch.isfinite(hidden).all()
+    _check_exported_layout(out, tok)

@@ -3,6 +3,8 @@
 ``AlbertCollator`` can be used on its own, without Lightning.
 """
 
+from pathlib import Path
+
 from plmkit.plugins.albert.collator import AlbertCollator
 from plmkit.registry import hookimpl
 
@@ -23,3 +25,8 @@ def plmkit_register_objectives():
     from plmkit.plugins.albert.model import AlbertObjective
 
     return [AlbertObjective]
+
+
+@hookimpl
+def plmkit_recipe_dirs():
+    return [Path(__file__).parent / "recipes"]

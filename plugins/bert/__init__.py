@@ -1,5 +1,7 @@
 """BERT (MLM + NSP): the plugin's hooks; ``BertCollator`` can be used on its own."""
 
+from pathlib import Path
+
 from plmkit.plugins.bert.collator import BertCollator
 from plmkit.registry import hookimpl
 
@@ -20,3 +22,8 @@ def plmkit_register_objectives():
     from plmkit.plugins.bert.model import BertObjective
 
     return [BertObjective]
+
+
+@hookimpl
+def plmkit_recipe_dirs():
+    return [Path(__file__).parent / "recipes"]

@@ -8,33 +8,24 @@ from torch import Tensor, nn
 from transformers import BertConfig, BertForPreTraining
 from transformers.models.bert.modeling_bert import BertLayer
 
+from plmkit.config import EncoderConfig
+from plmkit.encoder import EncoderObjective
 from plmkit.errors import PlmkitError
 from plmkit.heads import classification_loss, masked_lm_loss
-from plmkit.objective import Objective, Packing
+from plmkit.objective import Packing
 from plmkit.plugins.bert.collator import BertCollator
 
 
-def bert_config(objective: Any) -> BertConfig:
-    """The ``BertConfig`` (SDPA attention) of a BERT-style encoder objective: its
-    ``hidden_size``, ``num_layers``, ``num_heads``, ``intermediate_size``, ``dropout`` and
-    ``max_position_embeddings`` (at least ``data.max_length``), sized to its tokenizer."""
-    assert objective.tokenizer is not None
-    config = BertConfig(
-        vocab_size=len(objective.tokenizer),
-        hidden_size=objective.hidden_size,
-        num_hidden_layers=objective.num_layers,
-        num_attention_heads=objective.num_heads,
-        intermediate_size=objective.intermediate_size,
-        hidden_dropout_prob=objective.dropout,
-        attention_probs_dropout_prob=objective.dropout,
-        max_position_embeddings=max(objective.max_position_embeddings, objective.max_length),
-        pad_token_id=objective.tokenizer.pad_token_id,
-    )
-    config._attn_implementation = "sdpa"
+def bert_config(encoder: EncoderConfig, tokenizer: Any, max_length: int = 0) -> BertConfig:
+    """The ``BertConfig`` of ``encoder`` sized to ``tokenizer`` (positions: at least
+    ``max_length``), for the methods that train a BERT-architecture encoder."""
+    config = BertConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                        **encoder.hf_kwargs(max_length))
+    config._attn_implementation = encoder.attention
     return config
 
 
-class BertObjective(Objective):
+class BertObjective(EncoderObjective):
     """BERT: masked LM (15%, 80/10/10) + next-sentence prediction (Devlin et al. 2019)."""
 
     objective_name = "bert"
@@ -42,16 +33,6 @@ class BertObjective(Objective):
 
     def __init__(
         self,
-        hidden_size: int = 768,
-        num_layers: int = 12,
-        num_heads: int = 12,
-        intermediate_size: int = 3072,
-        dropout: float = 0.1,
-        max_position_embeddings: int = 512,
-        mlm_probability: float = 0.15,
-        exact_count: bool = True,
-        max_predictions: int | None = None,
-        whole_word: bool = False,
         nsp: bool = True,
         short_seq_prob: float = 0.1,
         packing: Packing = "document",
@@ -59,16 +40,6 @@ class BertObjective(Objective):
     ) -> None:
         """
         Args:
-            hidden_size: width of the encoder.
-            num_layers: number of transformer layers.
-            num_heads: attention heads per layer.
-            intermediate_size: feed-forward width.
-            dropout: dropout of hidden states and attention.
-            max_position_embeddings: learned positions (at least data.max_length).
-            mlm_probability: fraction of tokens to predict.
-            exact_count: exact per-sequence budget like the original (else Bernoulli).
-            max_predictions: cap on the exact budget (default ceil(max_length * p)).
-            whole_word: mask whole words.
             nsp: train next-sentence prediction.
             short_seq_prob: probability of a shorter random sequence length.
             packing: ``document`` (default, the original: a block never crosses a document,
@@ -78,11 +49,6 @@ class BertObjective(Objective):
                 ``run_mlm.py`` ``group_texts``). Separators inside a block are never masked.
         """
         super().__init__(**kwargs)
-        self.hidden_size, self.num_layers, self.num_heads = hidden_size, num_layers, num_heads
-        self.intermediate_size, self.dropout = intermediate_size, dropout
-        self.max_position_embeddings = max_position_embeddings
-        self.mlm_probability, self.exact_count = mlm_probability, exact_count
-        self.max_predictions, self.whole_word = max_predictions, whole_word
         self.nsp, self.short_seq_prob = nsp, short_seq_prob
         if packing not in ("document", "stream"):
             raise PlmkitError(f"model.packing must be 'document' or 'stream', got {packing!r}")
@@ -91,20 +57,14 @@ class BertObjective(Objective):
                               "model.nsp false (NSP pairs come from one document)")
         self.packing = packing  # read by the DataModule (instance value over the class's)
 
-    def block_length(self, max_length: int) -> int:
-        return max_length - (3 if self.nsp else 2)
-
     def build_model(self) -> nn.Module:
-        return BertForPreTraining(bert_config(self))
+        return BertForPreTraining(bert_config(self.encoder, self.tokenizer, self.max_length))
 
     def build_collator(self, seed: int = 0) -> BertCollator:
-        return BertCollator.from_tokenizer(
+        return BertCollator(
             self.tokenizer,
             max_length=self.max_length,
-            mlm_probability=self.mlm_probability,
-            exact_count=self.exact_count,
-            max_predictions=self.max_predictions,
-            whole_word=self.whole_word,
+            masking=self.masking,
             sentence_task="nsp" if self.nsp else None,
             short_seq_prob=self.short_seq_prob,
             skip_inner_specials=self.packing == "stream",

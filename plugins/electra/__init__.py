@@ -4,6 +4,8 @@
 Lightning: ``from plmkit.plugins.electra import ElectraCollator``.
 """
 
+from pathlib import Path
+
 from plmkit.plugins.electra.collator import ElectraCollator
 from plmkit.registry import hookimpl
 
@@ -24,3 +26,16 @@ def plmkit_register_objectives():
     from plmkit.plugins.electra.model import ElectraObjective
 
     return [ElectraObjective]
+
+
+@hookimpl
+def plmkit_recipe_dirs():
+    return [Path(__file__).parent / "recipes"]
+
+
+@hookimpl
+def plmkit_export_options():
+    from plmkit.export import ExportOption
+
+    return [ExportOption("generator", "also export the generator (ElectraForMaskedLM) and the "
+                         "tokenizer to OUT_DIR/generator", ("electra",))]

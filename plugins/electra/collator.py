@@ -25,8 +25,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from plmkit import masking
+from plmkit import masking as masking_ops
 from plmkit.collator import Collator
+from plmkit.config import MaskingConfig, SpecialTokens
+from plmkit.errors import PlmkitError
 
 
 def electra_counts(num_real: Tensor, rate: float, max_predictions: int) -> Tensor:
@@ -46,34 +48,25 @@ class ElectraCollator(Collator):
     are ``where(labels != -100, labels, input_ids)``.
 
     Args:
-        vocab_size: size of the vocabulary (used only for the optional random replacement).
-        cls_token_id, sep_token_id, pad_token_id, mask_token_id: special token ids.
-        special_token_ids: ids never masked (all of the tokenizer's special tokens).
+        tokenizer: a Hugging Face tokenizer with [CLS]/[SEP]/[PAD]/[MASK], or its
+            :class:`~plmkit.config.SpecialTokens`.
         max_length: the longest model input ([CLS] and [SEP] included); examples longer than
             ``max_length - 2`` raw tokens are truncated.
-        mlm_probability: fraction of tokens to predict (0.15).
-        max_predictions: cap on the per-row budget; default ``int((p + 0.005) * max_length)``
-            (19 at 128), as the original's ``max_predictions_per_seq``.
-        mask_rate: share of the chosen positions replaced by [MASK] (0.85).
-        random_rate: share replaced by a random token (0.0 in ELECTRA); the rest is unchanged.
+        masking: ELECTRA's defaults (85% [MASK], 15% unchanged); always an exact count, whose
+            ``max_predictions`` default is ``int((p + 0.005) * max_length)`` (19 at 128), as
+            the original's ``max_predictions_per_seq``. No whole-word masking.
         pad_to_max_length: pad every batch to ``max_length`` instead of its longest row.
         seed: seed of the collator's generator (see :class:`plmkit.collator.Collator`).
         generator: an explicit ``torch.Generator`` (overrides ``seed``).
     """
 
+    num_special_tokens = 2  # [CLS] x [SEP]
+
     def __init__(
         self,
-        vocab_size: int,
-        cls_token_id: int,
-        sep_token_id: int,
-        pad_token_id: int,
-        mask_token_id: int,
-        special_token_ids: list[int],
+        tokenizer: Any,
         max_length: int = 128,
-        mlm_probability: float = 0.15,
-        max_predictions: int | None = None,
-        mask_rate: float = 0.85,
-        random_rate: float = 0.0,
+        masking: MaskingConfig = MaskingConfig(mask_rate=0.85, random_rate=0.0),
         pad_to_max_length: bool = False,
         seed: int = 0,
         generator: torch.Generator | None = None,
@@ -81,69 +74,49 @@ class ElectraCollator(Collator):
         super().__init__(seed, generator)
         if max_length < 3:
             raise ValueError(f"max_length must leave room for [CLS] x [SEP], got {max_length}")
-        if not 0.0 < mlm_probability < 1.0:
-            raise ValueError(f"mlm_probability must be in (0, 1), got {mlm_probability}")
-        if mask_rate < 0 or random_rate < 0 or mask_rate + random_rate > 1.0:
-            raise ValueError("mask_rate and random_rate must be >= 0 and sum to at most 1")
-        self.cls_id, self.sep_id, self.pad_id, self.mask_id = (
-            cls_token_id, sep_token_id, pad_token_id, mask_token_id,
+        if masking.whole_word or not masking.exact_count:
+            raise PlmkitError("ELECTRA masks single tokens with an exact count: set "
+                              "masking.whole_word false and masking.exact_count true")
+        self.tokens = SpecialTokens.from_tokenizer(tokenizer)
+        self.max_length, self.masking = max_length, masking
+        self.max_predictions = masking.max_predictions or int(
+            (masking.probability + 0.005) * max_length
         )
-        self.max_length = max_length
-        self.mlm_probability = mlm_probability
-        self.max_predictions = (
-            max_predictions
-            if max_predictions is not None
-            else int((mlm_probability + 0.005) * max_length)
-        )
-        self.mask_rate, self.random_rate = mask_rate, random_rate
         self.pad_to_max_length = pad_to_max_length
-        self.special_ids = torch.tensor(sorted(set(special_token_ids)), dtype=torch.long)
-        self.random_ids = masking.non_special_ids(vocab_size, list(special_token_ids))
-
-    @classmethod
-    def from_tokenizer(cls, tokenizer: Any, **kwargs: Any) -> ElectraCollator:
-        """Build from a Hugging Face tokenizer with [CLS]/[SEP]/[PAD]/[MASK] tokens."""
-        return cls(
-            vocab_size=len(tokenizer),
-            cls_token_id=tokenizer.cls_token_id,
-            sep_token_id=tokenizer.sep_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            mask_token_id=tokenizer.mask_token_id,
-            special_token_ids=list(tokenizer.all_special_ids),
-            **kwargs,
-        )
+        self.special_ids = torch.tensor(self.tokens.all, dtype=torch.long)
+        self.random_ids = masking_ops.non_special_ids(self.tokens.vocab_size, self.tokens.all)
 
     def wrap(self, examples: list[dict[str, Any]]) -> tuple[Tensor, Tensor]:
         """``[CLS] ids [SEP]`` rows padded with [PAD]; returns ``(input_ids, attention_mask)``."""
-        budget = self.max_length - 2
-        raw = self.pad(examples, "input_ids", self.pad_id)[:, :budget]
+        budget = self.max_length - self.num_special_tokens
+        raw = self.pad(examples, "input_ids", self.tokens.pad)[:, :budget]
         lengths = torch.tensor([min(len(e["input_ids"]), budget) for e in examples])
         width = self.max_length if self.pad_to_max_length else int(lengths.max()) + 2
         batch = len(examples)
         positions = torch.arange(width).unsqueeze(0)
-        ids = torch.full((batch, width), self.pad_id, dtype=torch.long)
+        ids = torch.full((batch, width), self.tokens.pad, dtype=torch.long)
         ids[:, 1 : raw.shape[1] + 1] = raw[:, : width - 2]
-        ids[:, 0] = self.cls_id
+        ids[:, 0] = self.tokens.cls
         sep_at = (lengths + 1).unsqueeze(1)
-        ids = torch.where(positions == sep_at, torch.full_like(ids, self.sep_id), ids)
+        ids = torch.where(positions == sep_at, torch.full_like(ids, self.tokens.sep), ids)
         attention_mask = (positions <= sep_at).long()
-        ids = torch.where(attention_mask.bool(), ids, torch.full_like(ids, self.pad_id))
+        ids = torch.where(attention_mask.bool(), ids, torch.full_like(ids, self.tokens.pad))
         return ids, attention_mask
 
     def select(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """The positions to predict: an exact per-row budget among the non-special tokens."""
         candidates = attention_mask.bool() & ~torch.isin(input_ids, self.special_ids)
-        counts = electra_counts(attention_mask.sum(dim=1), self.mlm_probability,
+        counts = electra_counts(attention_mask.sum(dim=1), self.masking.probability,
                                 self.max_predictions)
         counts = torch.minimum(counts, candidates.sum(dim=1))
-        return masking.select_exact(candidates, counts, self.generator)
+        return masking_ops.select_exact(candidates, counts, self.generator)
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Tensor]:
         ids, attention_mask = self.wrap(examples)
         selected = self.select(ids, attention_mask)
-        input_ids, labels = masking.corrupt(
-            ids, selected, self.generator, self.mask_id, self.random_ids,
-            self.mask_rate, self.random_rate,
+        input_ids, labels = masking_ops.corrupt(
+            ids, selected, self.generator, self.tokens.mask, self.random_ids,
+            self.masking.mask_rate, self.masking.random_rate,
         )
         return {
             "input_ids": input_ids,

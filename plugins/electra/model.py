@@ -10,6 +10,8 @@ detection) trained together, after google-research/electra ``run_pretraining.py`
   masked positions: the hidden states are gathered first.
 * Replacements are sampled with Gumbel-max at ``temperature`` without gradient;
   ``is_replaced = masked & (sample != original)``, so a correct guess is labelled real.
+  ``disallow_correct`` lowers the original token's logit by 1000 after the temperature, as
+  the original's ``sample_from_softmax(logits / temp, disallow)``.
 * Discriminator loss: sigmoid BCE over every real token ([CLS]/[SEP] included).
   Loss = ``generator_weight`` x MLM + ``discriminator_weight`` x BCE (1.0 and 50.0).
 """
@@ -17,7 +19,7 @@ detection) trained together, after google-research/electra ``run_pretraining.py`
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,19 +30,26 @@ from transformers import ElectraConfig, ElectraForMaskedLM, ElectraForPreTrainin
 from transformers.models.electra.modeling_electra import ElectraLayer
 
 from plmkit.collator import IGNORE_INDEX
+from plmkit.config import EncoderConfig, MaskingConfig, as_config
+from plmkit.encoder import EncoderObjective
+from plmkit.errors import PlmkitError
 from plmkit.heads import masked_lm_loss
-from plmkit.objective import Objective
 from plmkit.plugins.electra.collator import ElectraCollator
 
 
 def gumbel_sample(logits: Tensor, temperature: float = 1.0,
-                  generator: torch.Generator | None = None) -> Tensor:
+                  generator: torch.Generator | None = None,
+                  disallow: Tensor | None = None) -> Tensor:
     """Gumbel-max sample of one token per row of ``logits`` (n, vocab); no gradient.
 
     The noise is the original's ``-log(-log(u + 1e-9) + 1e-9)`` with ``u ~ U[0, 1)``.
+    ``disallow`` (n,): a token per row whose logit loses 1000 *after* the division by the
+    temperature, as the original's ``sample_from_softmax(logits / temp, disallow)``.
     """
     with torch.no_grad():
         logits = logits.detach().float() / temperature
+        if disallow is not None:
+            logits[torch.arange(len(logits), device=logits.device), disallow] -= 1000.0
         uniform = torch.rand(logits.shape, generator=generator, device=logits.device)
         gumbel = -torch.log(-torch.log(uniform + 1e-9) + 1e-9)
         return (logits + gumbel).argmax(dim=-1)
@@ -133,13 +142,8 @@ class ElectraPretrainingModel(nn.Module):
         ).last_hidden_state
         mlm_loss, mlm_acc, logits = masked_lm_loss(gen_hidden, labels, self.generator_head)
 
-        sample_logits = logits.detach().float()
-        if self.disallow_correct:
-            sample_logits = sample_logits.scatter_add(
-                1, labels[masked].unsqueeze(1),
-                torch.full((len(sample_logits), 1), -1000.0, device=logits.device),
-            )
-        sampled = gumbel_sample(sample_logits, self.temperature)
+        disallow = labels[masked] if self.disallow_correct else None
+        sampled = gumbel_sample(logits, self.temperature, disallow=disallow)
         fake_ids, is_replaced = replace_tokens(original_ids, masked, sampled)
 
         disc_hidden = self.discriminator.electra(
@@ -170,7 +174,24 @@ def discriminator_metrics(out: ElectraOutput) -> dict[str, Tensor]:
         }
 
 
-class ElectraObjective(Objective):
+def generator_config(encoder: EncoderConfig,
+                     generator: EncoderConfig | dict[str, Any] | None) -> EncoderConfig:
+    """The generator's resolved shape, with the discriminator's (shared) embedding width and
+    positions. By default ELECTRA-Small's rule: a quarter of the discriminator's width,
+    ``max(1, width // 64)`` heads, a 4 x width feed-forward, the same depth and dropout."""
+    if generator is None:
+        hidden = max(1, encoder.hidden_size // 4)  # type: ignore[operator]
+        return replace(encoder, hidden_size=hidden, num_heads=max(1, hidden // 64),
+                       intermediate_size=4 * hidden).resolved()
+    generator = as_config(EncoderConfig, generator)
+    if generator.embedding_size not in (None, encoder.embedding_size):
+        raise PlmkitError(f"model.generator.embedding_size must be the discriminator's "
+                          f"({encoder.embedding_size}): the two towers share their embeddings")
+    return replace(generator, embedding_size=encoder.embedding_size,
+                   max_position_embeddings=encoder.max_position_embeddings).resolved()
+
+
+class ElectraObjective(EncoderObjective):
     """ELECTRA: replaced-token detection with a jointly trained generator (Clark et al. 2020)."""
 
     objective_name = "electra"
@@ -178,20 +199,9 @@ class ElectraObjective(Objective):
 
     def __init__(
         self,
-        hidden_size: int = 256,
-        num_layers: int = 12,
-        num_heads: int = 4,
-        intermediate_size: int = 1024,
-        embedding_size: int = 128,
-        generator_hidden_size: int | None = None,
-        generator_num_heads: int | None = None,
-        generator_intermediate_size: int | None = None,
-        generator_num_layers: int | None = None,
-        dropout: float = 0.1,
-        max_position_embeddings: int = 512,
-        mlm_probability: float = 0.15,
-        max_predictions: int | None = None,
-        mask_rate: float = 0.85,
+        encoder: EncoderConfig = EncoderConfig(size="small", embedding_size=128),
+        generator: EncoderConfig | None = None,
+        masking: MaskingConfig = MaskingConfig(mask_rate=0.85, random_rate=0.0),
         temperature: float = 1.0,
         disallow_correct: bool = False,
         generator_weight: float = 1.0,
@@ -201,21 +211,14 @@ class ElectraObjective(Objective):
     ) -> None:
         """
         Args:
-            hidden_size: width of the discriminator.
-            num_layers: discriminator layers.
-            num_heads: discriminator attention heads.
-            intermediate_size: discriminator feed-forward width.
-            embedding_size: width of the shared token/position/type embeddings (each tower
-                projects it to its own hidden size when they differ).
-            generator_hidden_size: generator width; default hidden_size // 4 (ELECTRA-Small).
-            generator_num_heads: generator heads; default max(1, generator_hidden_size // 64).
-            generator_intermediate_size: generator feed-forward; default 4 x its hidden size.
-            generator_num_layers: generator layers; default the discriminator's depth.
-            dropout: dropout of hidden states and attention (both towers).
-            max_position_embeddings: learned positions (at least data.max_length).
-            mlm_probability: fraction of tokens the generator predicts.
-            max_predictions: cap on the per-row budget (default int((p + 0.005) * max_length)).
-            mask_rate: share of the chosen tokens replaced by [MASK]; the rest stay unchanged.
+            encoder: the discriminator (ELECTRA-Small by default); its ``embedding_size`` is
+                the width of the token/position/type embeddings both towers share (each
+                projects them to its own hidden size).
+            generator: the generator's shape (its embedding width and positions are the
+                discriminator's); default: a quarter of the discriminator's width,
+                ``max(1, width // 64)`` heads, a 4 x width feed-forward, the same depth.
+            masking: ELECTRA's: 85% [MASK], 15% unchanged, no random token, an exact count
+                capped at ``int((p + 0.005) * max_length)`` by default.
             temperature: sampling temperature of the generator's Gumbel-max samples.
             disallow_correct: never sample the original token (an option of the original
                 code, off by default).
@@ -228,72 +231,41 @@ class ElectraObjective(Objective):
                 predicting "original" everywhere for hundreds of steps (ours; the tiny
                 recipe uses it).
         """
-        super().__init__(**kwargs)
-        self.hidden_size, self.num_layers, self.num_heads = hidden_size, num_layers, num_heads
-        self.intermediate_size, self.embedding_size = intermediate_size, embedding_size
-        gen_hidden = generator_hidden_size or max(1, hidden_size // 4)
-        self.generator_hidden_size = gen_hidden
-        self.generator_num_heads = generator_num_heads or max(1, gen_hidden // 64)
-        self.generator_intermediate_size = generator_intermediate_size or 4 * gen_hidden
-        self.generator_num_layers = generator_num_layers or num_layers
-        self.dropout = dropout
-        self.max_position_embeddings = max_position_embeddings
-        self.mlm_probability, self.max_predictions = mlm_probability, max_predictions
-        self.mask_rate, self.temperature = mask_rate, temperature
-        self.disallow_correct = disallow_correct
+        super().__init__(encoder=encoder, masking=masking, **kwargs)
+        self.generator = generator_config(self.encoder, generator)
+        self.hparams["generator"] = asdict(self.generator)  # resolved, as encoder
+        self.temperature, self.disallow_correct = temperature, disallow_correct
         self.generator_weight = generator_weight
         self.discriminator_weight = discriminator_weight
         self.discriminator_prior_init = discriminator_prior_init
 
-    def block_length(self, max_length: int) -> int:
-        return max_length - 2  # [CLS] x [SEP]
-
-    def _config(self, hidden: int, layers: int, heads: int, ffn: int) -> ElectraConfig:
+    def _config(self, tower: EncoderConfig) -> ElectraConfig:
         assert self.tokenizer is not None
         config = ElectraConfig(
             vocab_size=len(self.tokenizer),
-            embedding_size=self.embedding_size,
-            hidden_size=hidden,
-            num_hidden_layers=layers,
-            num_attention_heads=heads,
-            intermediate_size=ffn,
-            hidden_dropout_prob=self.dropout,
-            attention_probs_dropout_prob=self.dropout,
-            max_position_embeddings=max(self.max_position_embeddings, self.max_length),
             pad_token_id=self.tokenizer.pad_token_id,
+            embedding_size=tower.embedding_size,
             tie_word_embeddings=True,
+            **tower.hf_kwargs(self.max_length),
         )
-        config._attn_implementation = "sdpa"
+        config._attn_implementation = tower.attention
         return config
 
     def build_model(self) -> ElectraPretrainingModel:
-        discriminator = self._config(
-            self.hidden_size, self.num_layers, self.num_heads, self.intermediate_size
-        )
-        generator = self._config(
-            self.generator_hidden_size, self.generator_num_layers, self.generator_num_heads,
-            self.generator_intermediate_size,
-        )
         model = ElectraPretrainingModel(
-            discriminator, generator, self.temperature, self.disallow_correct
+            self._config(self.encoder), self._config(self.generator), self.temperature,
+            self.disallow_correct,
         )
         if self.discriminator_prior_init:
-            p = self.mlm_probability
+            p = self.masking.probability
             bias = model.discriminator.discriminator_predictions.dense_prediction.bias
             with torch.no_grad():
                 bias.fill_(math.log(p / (1.0 - p)))
         return model
 
     def build_collator(self, seed: int = 0) -> ElectraCollator:
-        return ElectraCollator.from_tokenizer(
-            self.tokenizer,
-            max_length=self.max_length,
-            mlm_probability=self.mlm_probability,
-            max_predictions=self.max_predictions,
-            mask_rate=self.mask_rate,
-            random_rate=0.0,
-            seed=seed,
-        )
+        return ElectraCollator(self.tokenizer, max_length=self.max_length, masking=self.masking,
+                               seed=seed)
 
     def block_classes(self) -> tuple[type[nn.Module], ...]:
         return (ElectraLayer,)
@@ -313,30 +285,6 @@ class ElectraObjective(Objective):
             **discriminator_metrics(out),
         }
         return loss, metrics
-
-    def flops_per_token(self, seq_len: int) -> float:
-        """Both towers: 6N per token for each encoder (+ attention scores), the discriminator
-        head at every token and the generator head (incl. the vocabulary projection) only
-        at the ~``mlm_probability`` masked positions."""
-        assert self.model is not None
-        model: ElectraPretrainingModel = self.model  # type: ignore[assignment]
-
-        def count(module: nn.Module) -> int:
-            return sum(p.numel() for p in module.parameters())
-
-        total = 0.0
-        for tower in (model.discriminator.electra, model.generator.electra):
-            n = count(tower.encoder)
-            if hasattr(tower, "embeddings_project"):
-                n += count(tower.embeddings_project)
-            cfg = tower.config
-            total += 6.0 * n + 12.0 * cfg.num_hidden_layers * cfg.hidden_size * seq_len
-        total += 6.0 * count(model.discriminator.discriminator_predictions)
-        gen_head = count(model.generator.generator_predictions) + count(
-            model.generator.generator_lm_head
-        )
-        total += 6.0 * gen_head * self.mlm_probability
-        return total
 
     def export_model(self) -> nn.Module:
         """The discriminator (``ElectraForPreTraining``): what ELECTRA fine-tunes."""

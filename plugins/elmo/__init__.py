@@ -5,6 +5,8 @@
 layer representations and a trainable scalar mix); ``ElmoObjective`` trains it.
 """
 
+from pathlib import Path
+
 from plmkit.plugins.elmo.collator import ElmoCollator
 from plmkit.registry import hookimpl
 
@@ -29,3 +31,15 @@ def plmkit_register_objectives():
     from plmkit.plugins.elmo.model import ElmoObjective
 
     return [ElmoObjective]
+
+
+@hookimpl
+def plmkit_recipe_dirs():
+    return [Path(__file__).parent / "recipes"]
+
+
+@hookimpl
+def plmkit_evaluation_adapters():
+    from plmkit.plugins.elmo.evaluation import ADAPTERS
+
+    return ADAPTERS

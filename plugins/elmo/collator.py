@@ -16,22 +16,24 @@ import torch
 from torch import Tensor
 
 from plmkit.collator import IGNORE_INDEX, Collator
+from plmkit.config import SpecialTokens
 
 
 class ElmoCollator(Collator):
     """Bidirectional LM batches: ``input_ids``, ``attention_mask``, forward/backward labels.
 
     Args:
-        cls_token_id, sep_token_id, pad_token_id: special token ids (begin/end of a row, pad).
+        tokenizer: a Hugging Face tokenizer with [CLS]/[SEP]/[PAD] (begin/end of a row, pad),
+            or its :class:`~plmkit.config.SpecialTokens`.
         max_length: the longest row, both markers included; longer examples are cut.
         seed: seed of the collator's generator (unused: the batches are deterministic).
     """
 
+    num_special_tokens = 2  # [CLS] tokens [SEP]
+
     def __init__(
         self,
-        cls_token_id: int,
-        sep_token_id: int,
-        pad_token_id: int,
+        tokenizer: Any,
         max_length: int = 128,
         seed: int = 0,
         generator: torch.Generator | None = None,
@@ -39,21 +41,12 @@ class ElmoCollator(Collator):
         super().__init__(seed, generator)
         if max_length < 3:
             raise ValueError(f"max_length must leave room for [CLS] and [SEP], got {max_length}")
-        self.cls_id, self.sep_id, self.pad_id = cls_token_id, sep_token_id, pad_token_id
+        tokens = SpecialTokens.from_tokenizer(tokenizer)
+        self.cls_id, self.sep_id, self.pad_id = tokens.cls, tokens.sep, tokens.pad
         self.max_length = max_length
 
-    @classmethod
-    def from_tokenizer(cls, tokenizer: Any, **kwargs: Any) -> ElmoCollator:
-        """Build from a Hugging Face tokenizer with [CLS]/[SEP]/[PAD] tokens."""
-        return cls(
-            cls_token_id=tokenizer.cls_token_id,
-            sep_token_id=tokenizer.sep_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            **kwargs,
-        )
-
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Tensor]:
-        budget = self.max_length - 2
+        budget = self.max_length - self.num_special_tokens
         raw = self.pad(examples, "input_ids", self.pad_id)[:, :budget]
         lengths = torch.tensor([min(len(e["input_ids"]), budget) for e in examples])
         batch, width = raw.shape

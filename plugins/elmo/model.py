@@ -84,9 +84,6 @@ class ElmoObjective(Objective):
             activation=activation,
         )
 
-    def block_length(self, max_length: int) -> int:
-        return max_length - 2  # [CLS] tokens [SEP]
-
     def build_model(self) -> nn.Module:
         assert self.tokenizer is not None
         chars, num_chars = char_table(self.tokenizer, self.bilm_config.max_characters_per_token)
@@ -95,7 +92,7 @@ class ElmoObjective(Objective):
         return ElmoBiLM(self.bilm_config, chars)
 
     def build_collator(self, seed: int = 0) -> ElmoCollator:
-        return ElmoCollator.from_tokenizer(self.tokenizer, max_length=self.max_length, seed=seed)
+        return ElmoCollator(self.tokenizer, max_length=self.max_length, seed=seed)
 
     def block_classes(self) -> tuple[type[nn.Module], ...]:
         return (ElmoLstmLayer,)
@@ -117,27 +114,6 @@ class ElmoObjective(Objective):
         loss = 0.5 * (losses[0] + losses[1])
         metrics["perplexity"] = loss.detach().exp()
         return loss, metrics
-
-    def flops_per_token(self, seq_len: int) -> float:
-        """6 x (biLSTM + token encoder + 2 x softmax) parameters per token.
-
-        Each direction uses its own LSTM weights once per token and the shared softmax once,
-        so the softmax counts twice; the character CNN is counted once per token (the model
-        encodes each distinct id once per batch, so this is an upper bound).
-        """
-        assert self.model is not None
-        model: ElmoBiLM = self.model  # type: ignore[assignment]
-        softmax = sum(p.numel() for p in model.softmax.parameters())
-        chars = model.config.max_characters_per_token
-        cnn = sum(
-            p.numel() * (chars - width + 1)
-            for conv, (width, _) in zip(model.token_encoder.convs, model.config.filters)
-            for p in conv.parameters()
-        )
-        rest = sum(p.numel() for p in model.layers.parameters())
-        rest += sum(p.numel() for p in model.token_encoder.highway.parameters())
-        rest += sum(p.numel() for p in model.token_encoder.projection.parameters())
-        return 6.0 * (rest + cnn + 2 * softmax)
 
     def export(self, out_dir: str | Path, **options: Any) -> None:
         """Write ``config.json``, ``model.safetensors`` and the tokenizer files.

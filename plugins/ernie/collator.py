@@ -3,26 +3,28 @@
 ERNIE masks a **phrase or a named entity as one unit** (all of its tokens or none), in stages:
 basic-level (word) masking first, then phrase-level, then entity-level. Here:
 
-* **Spans** come from a lexicon matched on the fly (:class:`plmkit.lexicon.PhraseMatcher`;
-  default: the bundled WordNet lexicon, ``person`` / ``location`` / ``group`` entries are
-  entities, the others phrases) or, per example, from precomputed token offsets: an example
-  may carry ``entity_spans`` and/or ``phrase_spans``, (num_spans, 2) long tensors of token
-  ``[start, end)`` offsets into its ``input_ids`` (clipped to them); an example that carries
-  either field is **not** matched against the lexicon. A precomputed span that the pair
-  building cuts (truncation, the A/B split) is dropped; where precomputed spans overlap, the
-  entity wins and the other is dropped. Spans should align with words; a span that starts
-  inside a word is merged with that word's head (still all or none of the span).
+* **Spans** come from a lexicon matched on the fly
+  (:class:`~plmkit.plugins.ernie.lexicon.PhraseMatcher`; default: the bundled WordNet
+  lexicon, ``person`` / ``location`` / ``group`` entries are entities, the others phrases)
+  or, per example, from precomputed token offsets: an example may carry ``entity_spans``
+  and/or ``phrase_spans``, (num_spans, 2) long tensors of token ``[start, end)`` offsets into
+  its ``input_ids`` (clipped to them); an example that carries either field is **not**
+  matched against the lexicon. A precomputed span that the pair building cuts (truncation,
+  the A/B split) is dropped; where precomputed spans overlap, the entity wins and the other
+  is dropped. Spans should align with words; a span that starts inside a word is merged with
+  that word's head (still all or none of the span).
 * **Levels**: every row draws one level from the current *mix* ``{token: a, phrase: b,
   entity: c}`` (ERNIE's released reader likewise decides per sentence between word- and
   char-level masking). ``token``: only basic units. ``phrase``: each matched phrase is one
   unit, every other token keeps its basic unit. ``entity``: each matched entity is one unit,
-  the rest (phrases included) basic units. Basic units are whole words (``basic_unit="word"``,
-  the paper's "basic language unit" for English) or single tokens (``"token"``).
+  the rest (phrases included) basic units. Basic units are whole words (``masking.whole_word``,
+  the default here: the paper's "basic language unit" for English) or single tokens.
 * **Budget**: units are drawn uniformly in random order (ERNIE's reader picks each segment
   with the same probability whatever its length) under BERT's exact budget ``min(max_pred,
-  max(1, round(0.15 n)))`` with :func:`plmkit.lexicon.select_units` (whole units only, a unit
-  that does not fit is skipped and the next tried), or Bernoulli(0.15) per unit with
-  ``exact_count=False`` (the reader's rule). 80/10/10 is decided per token, as in the reader.
+  max(1, round(0.15 n)))`` with :func:`~plmkit.plugins.ernie.lexicon.select_units` (whole units
+  only, a unit that does not fit is skipped and the next tried), or Bernoulli(0.15) per unit
+  with ``masking.exact_count=False`` (the reader's rule). 80/10/10 is decided per token, as
+  in the reader.
 * **From the corpus**: with ``--data.entity_field`` the data pipeline maps a jsonl/parquet
   field of character-offset spans to tokens and the examples carry ``entity_ids`` (per token,
   the span it belongs to, -1 outside); such an example's runs of one id are its
@@ -50,17 +52,20 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from plmkit import masking
-from plmkit.lexicon import (
+from plmkit import masking as masking_ops
+from plmkit.config import MaskingConfig, SpecialTokens
+from plmkit.errors import PlmkitError
+from plmkit.plugins.bert.collator import BertCollator
+from plmkit.plugins.ernie.lexicon import (
     ENTITY,
     PHRASE,
+    LexiconSource,
     PhraseMatcher,
     complete_runs,
     select_units,
     span_units,
     spans_from_offsets,
 )
-from plmkit.plugins.bert.collator import BertCollator
 
 LEVELS: tuple[str, ...] = ("token", "phrase", "entity")
 TOKEN, PHRASE_LEVEL, ENTITY_LEVEL = 0, 1, 2
@@ -111,17 +116,19 @@ def _entity_spans(example: dict[str, Any]) -> Tensor | None:
 class ErnieCollator(BertCollator):
     """Phrase- and entity-level masking (ERNIE 1.0) on top of BERT's collator.
 
-    Takes every argument of :class:`~plmkit.plugins.bert.BertCollator` except
-    ``whole_word`` (see ``basic_unit``), and:
+    Takes the arguments of :class:`~plmkit.plugins.bert.BertCollator`; ``masking.whole_word``
+    (default true here) makes the basic units outside spans whole words, else single tokens.
 
     Args:
-        matcher: the lexicon matcher (:meth:`from_tokenizer` builds one from ``lexicon``);
-            None: only precomputed spans are used.
+        lexicon: the phrases and entities: None (the bundled WordNet lexicon), a lexicon file
+            path, a list of phrases / ``(phrase, kind)``, a built
+            :class:`~plmkit.plugins.ernie.lexicon.PhraseMatcher`, or ``"none"`` / False
+            (only precomputed spans).
+        max_span_tokens: lexicon entries longer than this many tokens are ignored.
         level_mix: ``{token, phrase, entity}`` weights per row (default uniform).
         level_schedule: ``[(start_step, mix), ...]``; overrides ``level_mix`` from the first
             start step on (see the module docstring for how the step reaches the workers).
-        basic_unit: ``"word"`` (whole-word masking outside spans) or ``"token"``.
-        selection_passes: top-up passes of :func:`plmkit.lexicon.select_units`.
+        selection_passes: top-up passes of :func:`~plmkit.plugins.ernie.lexicon.select_units`.
         return_spans: also return ``span_start`` (B, L): for tokens of the spans masked as
             one unit in this batch, the position where the span starts (-1 elsewhere). For
             tests and inspection.
@@ -133,23 +140,29 @@ class ErnieCollator(BertCollator):
 
     def __init__(
         self,
-        *args: Any,
-        matcher: PhraseMatcher | None = None,
+        tokenizer: Any,
+        *,
+        lexicon: PhraseMatcher | LexiconSource | bool = None,
+        max_span_tokens: int = 8,
+        masking: MaskingConfig = MaskingConfig(whole_word=True),
         level_mix: Mapping[str, float] | None = None,
         level_schedule: Sequence[Sequence[Any]] | None = None,
-        basic_unit: str = "word",
         selection_passes: int = 4,
         return_spans: bool = False,
         return_level: bool = False,
         step_counter: Tensor | None = None,
         **kwargs: Any,
     ) -> None:
-        if basic_unit not in ("word", "token"):
-            raise ValueError(f"basic_unit must be 'word' or 'token', got {basic_unit!r}")
-        kwargs.pop("whole_word", None)
-        super().__init__(*args, whole_word=basic_unit == "word", **kwargs)
-        self.matcher = matcher
-        self.basic_unit = basic_unit
+        super().__init__(tokenizer, masking=masking, **kwargs)
+        if isinstance(lexicon, PhraseMatcher):
+            self.matcher: PhraseMatcher | None = lexicon
+        elif lexicon is False or lexicon in ("none", "None", ""):
+            self.matcher = None
+        elif isinstance(tokenizer, SpecialTokens):
+            raise PlmkitError("ErnieCollator matches its lexicon with a tokenizer: pass one, "
+                              "a built PhraseMatcher as lexicon, or lexicon='none'")
+        else:
+            self.matcher = PhraseMatcher.from_tokenizer(tokenizer, lexicon, max_span_tokens)
         self.level_mix = mix_vector(level_mix)
         self.level_schedule = _schedule(level_schedule)
         self.selection_passes, self.return_spans = selection_passes, return_spans
@@ -157,22 +170,7 @@ class ErnieCollator(BertCollator):
         self.step_counter = step_counter
         self._step: int | None = None
         # raw positions are passed through the pair builder as ids >= this offset
-        self._index_offset = max(self.cls_id, self.sep_id, self.pad_id) + 1
-
-    @classmethod
-    def from_tokenizer(  # type: ignore[override]
-        cls,
-        tokenizer: Any,
-        lexicon: Any = None,
-        max_span_tokens: int = 8,
-        **kwargs: Any,
-    ) -> ErnieCollator:
-        """Build from a HF tokenizer; ``lexicon`` is None (bundled WordNet), a lexicon file
-        path, a list of phrases / ``(phrase, kind)``, or ``"none"`` / False for no lexicon.
-        A ready ``matcher=`` keyword is used as it is."""
-        if "matcher" not in kwargs and lexicon is not False and lexicon != "none":
-            kwargs["matcher"] = PhraseMatcher.from_tokenizer(tokenizer, lexicon, max_span_tokens)
-        return super().from_tokenizer(tokenizer, **kwargs)  # type: ignore[return-value]
+        self._index_offset = max(self.tokens.cls, self.tokens.sep, self.tokens.pad) + 1
 
     # ------------------------------------------------------------------ schedule
     def set_step(self, step: int) -> None:
@@ -209,7 +207,7 @@ class ErnieCollator(BertCollator):
         ]
         seg = self.segments(proxies)
         source = torch.where(seg.input_ids >= offset, seg.input_ids - offset, -1)
-        raw = self.pad(examples, "input_ids", self.pad_id, length=width).flatten()
+        raw = self.pad(examples, "input_ids", self.tokens.pad, length=width).flatten()
         input_ids = torch.where(source >= 0, raw[source.clamp(min=0)], seg.input_ids)
         return seg, input_ids, source, width
 
@@ -263,25 +261,25 @@ class ErnieCollator(BertCollator):
             ((level == PHRASE_LEVEL).unsqueeze(1) & (kind == PHRASE))
             | ((level == ENTITY_LEVEL).unsqueeze(1) & (kind == ENTITY))
         )
-        if self.basic_unit == "word":
+        if self.masking.whole_word:
             basic = torch.where(content, seg.word_ids, -1)
         else:
             basic = torch.where(content, torch.arange(length).expand(batch, length), -1)
         units = span_units(basic, start, active)
-        if self.exact_count:
-            counts = masking.exact_counts(
-                content.sum(dim=1), self.mlm_probability, self.max_predictions
+        if self.masking.exact_count:
+            counts = masking_ops.exact_counts(
+                content.sum(dim=1), self.masking.probability, self.max_predictions
             )
             selected = select_units(
                 content, units, counts, self.generator, self.selection_passes
             )
         else:
-            selected = masking.select_bernoulli(
-                content, self.mlm_probability, self.generator, units
+            selected = masking_ops.select_bernoulli(
+                content, self.masking.probability, self.generator, units
             )
-        input_ids, labels = masking.corrupt(
-            ids, selected, self.generator, self.mask_id, self.random_ids,
-            self.mask_rate, self.random_rate,
+        input_ids, labels = masking_ops.corrupt(
+            ids, selected, self.generator, self.tokens.mask, self.random_ids,
+            self.masking.mask_rate, self.masking.random_rate,
         )
         out = {
             "input_ids": input_ids,

@@ -1,5 +1,7 @@
 """GPT (causal LM over packed blocks): the plugin's hooks; ``GptCollator`` works on its own."""
 
+from pathlib import Path
+
 from plmkit.plugins.gpt.collator import GptCollator, document_causal_mask
 from plmkit.registry import hookimpl
 
@@ -20,3 +22,16 @@ def plmkit_register_objectives():
     from plmkit.plugins.gpt.model import GptObjective
 
     return [GptObjective]
+
+
+@hookimpl
+def plmkit_recipe_dirs():
+    return [Path(__file__).parent / "recipes"]
+
+
+@hookimpl
+def plmkit_evaluation_adapters():
+    from plmkit.evaluate import hf_adapter
+
+    return {"gpt2": hf_adapter("AutoModel", "last",
+                               "the base GPT2Model's hidden states, last-token pooling")}

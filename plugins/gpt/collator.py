@@ -37,7 +37,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from plmkit.collator import IGNORE_INDEX, Collator, eos_token_id
+from plmkit.collator import IGNORE_INDEX, Collator
+from plmkit.config import SpecialTokens
 
 
 def segment_starts(doc_ids: Tensor, input_ids: Tensor, lengths: Tensor,
@@ -87,33 +88,29 @@ class GptCollator(Collator):
     """Causal language-model batches for GPT-style decoders.
 
     Args:
-        pad_token_id: id used to pad shorter examples (their labels are -100).
-        eos_token_id: the end-of-text token that separates documents in a packed block
-            (plmkit's tokenizers: ``[SEP]``, which is both ``sep_token`` and ``eos_token``).
+        tokenizer: a Hugging Face tokenizer with a pad token, or its
+            :class:`~plmkit.config.SpecialTokens`; its ``eos`` separates the documents of a
+            packed block (plmkit's tokenizers: ``[SEP]``, both ``sep_token`` and ``eos_token``).
         max_length: longest model input; longer examples are truncated (None: no limit).
         document_mask: cut attention (and restart positions) at document boundaries, using
             the examples' ``doc_ids``; without ``doc_ids`` an example is one document.
         seed: seed of the collator's generator (unused: causal LM draws nothing).
     """
 
+    num_special_tokens = 0  # a block is exactly one model input
+
     def __init__(
         self,
-        pad_token_id: int,
-        eos_token_id: int | None = None,
+        tokenizer: Any,
         max_length: int | None = None,
         document_mask: bool = False,
         seed: int = 0,
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__(seed, generator)
-        self.pad_id, self.eos_id = pad_token_id, eos_token_id
+        tokens = SpecialTokens.from_tokenizer(tokenizer)
+        self.pad_id, self.eos_id = tokens.pad, tokens.eos
         self.max_length, self.document_mask = max_length, document_mask
-
-    @classmethod
-    def from_tokenizer(cls, tokenizer: Any, **kwargs: Any) -> GptCollator:
-        """Build from a Hugging Face tokenizer (pad token required; eos = its separator)."""
-        eos = eos_token_id(tokenizer)
-        return cls(pad_token_id=tokenizer.pad_token_id, eos_token_id=eos, **kwargs)
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Tensor]:
         input_ids = self.pad(examples, "input_ids", self.pad_id)

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.models.gpt2.modeling_gpt2 import GPT2Block
 
-from plmkit.collator import eos_token_id
+from plmkit.config import SpecialTokens
 from plmkit.heads import masked_lm_loss
 from plmkit.objective import Objective
 from plmkit.plugins.gpt.collator import GptCollator
@@ -66,13 +66,11 @@ class GptObjective(Objective):
         self.layer_norm_eps, self.initializer_range = layer_norm_eps, initializer_range
         self.document_mask = document_mask
 
-    def block_length(self, max_length: int) -> int:
-        # no special tokens are added: a block is exactly one model input
-        return max_length
+    def max_positions(self) -> int:
+        return self.max_position_embeddings
 
     def _eos_id(self) -> int:
-        assert self.tokenizer is not None
-        return eos_token_id(self.tokenizer)
+        return SpecialTokens.from_tokenizer(self.tokenizer).eos  # type: ignore[return-value]
 
     def build_model(self) -> nn.Module:
         assert self.tokenizer is not None
@@ -103,10 +101,8 @@ class GptObjective(Objective):
         return GPT2LMHeadModel(config)
 
     def build_collator(self, seed: int = 0) -> GptCollator:
-        return GptCollator.from_tokenizer(
-            self.tokenizer, max_length=self.max_length, document_mask=self.document_mask,
-            seed=seed,
-        )
+        return GptCollator(self.tokenizer, max_length=self.max_length,
+                           document_mask=self.document_mask, seed=seed)
 
     def block_classes(self) -> tuple[type[nn.Module], ...]:
         return (GPT2Block,)
@@ -125,14 +121,6 @@ class GptObjective(Objective):
             hidden[:, :-1], batch["labels"][:, 1:], model.lm_head
         )
         return loss, {"accuracy": accuracy, "perplexity": loss.detach().exp()}
-
-    def flops_per_token(self, seq_len: int) -> float:
-        """6 x (non-embedding weights + the tied output projection) + causal attention."""
-        assert self.model is not None
-        model: GPT2LMHeadModel = self.model  # type: ignore[assignment]
-        blocks = sum(p.numel() for p in model.transformer.h.parameters())
-        output = model.lm_head.weight.numel()
-        return 6.0 * (blocks + output) + 12.0 * self.num_layers * self.hidden_size * seq_len
 
     def export(self, out_dir: str | Path, **options: Any) -> None:
         """Save the ``GPT2LMHeadModel`` and a tokenizer ready for ``generate()``.

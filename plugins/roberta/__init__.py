@@ -3,6 +3,8 @@
 ``RobertaCollator`` can be used on its own, without Lightning.
 """
 
+from pathlib import Path
+
 from plmkit.plugins.roberta.collator import RobertaCollator
 from plmkit.registry import hookimpl
 
@@ -23,3 +25,8 @@ def plmkit_register_objectives():
     from plmkit.plugins.roberta.model import RobertaObjective
 
     return [RobertaObjective]
+
+
+@hookimpl
+def plmkit_recipe_dirs():
+    return [Path(__file__).parent / "recipes"]

@@ -4,6 +4,8 @@
 loaded lazily.
 """
 
+from pathlib import Path
+
 from plmkit.plugins.spanbert.collator import SpanBertCollator
 from plmkit.registry import hookimpl
 
@@ -24,3 +26,8 @@ def plmkit_register_objectives():
     from plmkit.plugins.spanbert.model import SpanBertObjective
 
     return [SpanBertObjective]
+
+
+@hookimpl
+def plmkit_recipe_dirs():
+    return [Path(__file__).parent / "recipes"]

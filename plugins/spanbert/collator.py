@@ -26,8 +26,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from plmkit import masking
+from plmkit import masking as masking_ops
 from plmkit.collator import IGNORE_INDEX, Collator
+from plmkit.config import MaskingConfig, SpecialTokens
 from plmkit.segments import build_segments
 
 
@@ -43,101 +44,67 @@ class SpanBertCollator(Collator):
     * ``sbo_position``: its relative position ``i - s`` in the span (0 .. max_span_targets-1).
 
     Args:
-        vocab_size: size of the vocabulary (random replacements are drawn from it).
-        cls_token_id, sep_token_id, pad_token_id, mask_token_id: special token ids.
-        special_token_ids: ids never drawn as a random replacement.
+        tokenizer: a Hugging Face tokenizer with [CLS]/[SEP]/[PAD]/[MASK], or its
+            :class:`~plmkit.config.SpecialTokens`.
         max_length: the longest model input (special tokens included).
-        mlm_probability: the budget is ``ceil(mlm_probability * n)`` tokens.
+        masking: the budget is ``ceil(probability * n)`` tokens, capped by
+            ``max_predictions`` when set (the original has no cap); ``mask_rate`` /
+            ``random_rate`` are decided per span. Spans always cover whole words and the
+            budget is always exact: ``whole_word`` and ``exact_count`` are not read.
         geometric_p: parameter of the geometric law of span lengths (in words).
         min_span, max_span: the span-length range in words the law is clipped to.
         max_span_targets: SBO targets per span (relative positions 0 .. max_span_targets-1).
         truncate_last_span: cut the last span at the budget (original); else keep its words.
-        max_predictions: optional cap on the budget (the original has none).
-        mask_rate, random_rate: per span, the probability of [MASK] and of random tokens;
-            the rest stay unchanged (0.8 / 0.1 / 0.1).
         seed: seed of the collator's generator (see :class:`plmkit.collator.Collator`).
     """
 
+    num_special_tokens = 2  # [CLS] x [SEP]
+
     def __init__(
         self,
-        vocab_size: int,
-        cls_token_id: int,
-        sep_token_id: int,
-        pad_token_id: int,
-        mask_token_id: int,
-        special_token_ids: list[int],
+        tokenizer: Any,
         max_length: int = 512,
-        mlm_probability: float = 0.15,
+        masking: MaskingConfig = MaskingConfig(),
         geometric_p: float = 0.2,
         min_span: int = 1,
         max_span: int = 10,
         max_span_targets: int = 15,
         truncate_last_span: bool = True,
-        max_predictions: int | None = None,
-        mask_rate: float = 0.8,
-        random_rate: float = 0.1,
         seed: int = 0,
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__(seed, generator)
         if max_length < 3:
             raise ValueError(f"max_length must be at least 3, got {max_length}")
-        self.cls_id, self.sep_id, self.pad_id, self.mask_id = (
-            cls_token_id, sep_token_id, pad_token_id, mask_token_id,
-        )
-        self.max_length = max_length
-        self.mlm_probability = mlm_probability
+        self.tokens = SpecialTokens.from_tokenizer(tokenizer)
+        self.max_length, self.masking = max_length, masking
         self.geometric_p, self.min_span, self.max_span = geometric_p, min_span, max_span
         # validates the law once, at construction
-        masking.geometric_length_probs(geometric_p, min_span, max_span)
+        masking_ops.geometric_length_probs(geometric_p, min_span, max_span)
         self.max_span_targets = max_span_targets
         self.truncate_last_span = truncate_last_span
-        self.max_predictions = max_predictions
-        self.mask_rate, self.random_rate = mask_rate, random_rate
-        self.random_ids = masking.non_special_ids(vocab_size, special_token_ids)
-
-    @classmethod
-    def from_tokenizer(cls, tokenizer: Any, **kwargs: Any) -> SpanBertCollator:
-        """Build from a Hugging Face tokenizer with [CLS]/[SEP]/[PAD]/[MASK] tokens."""
-        return cls(
-            vocab_size=len(tokenizer),
-            cls_token_id=tokenizer.cls_token_id,
-            sep_token_id=tokenizer.sep_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            mask_token_id=tokenizer.mask_token_id,
-            special_token_ids=list(tokenizer.all_special_ids),
-            **kwargs,
-        )
-
-    @property
-    def expected_span_words(self) -> float:
-        """Mean span length in words of the clipped geometric law (3.8 for the defaults)."""
-        law = masking.geometric_length_probs(self.geometric_p, self.min_span, self.max_span)
-        lengths = torch.arange(self.min_span, self.max_span + 1, dtype=torch.float64)
-        return float((law * lengths).sum())
-
-    def budget(self, num_tokens: Tensor) -> Tensor:
-        """Tokens to mask per row: ``ceil(mlm_probability * n)`` (float64, like Python)."""
-        return masking.ceil_counts(num_tokens, self.mlm_probability, self.max_predictions)
+        self.random_ids = masking_ops.non_special_ids(self.tokens.vocab_size, self.tokens.all)
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Tensor]:
-        room = self.max_length - 2
-        ids = self.pad(examples, "input_ids", self.pad_id)[:, :room]
+        room = self.max_length - self.num_special_tokens
+        ids = self.pad(examples, "input_ids", self.tokens.pad)[:, :room]
         lengths = torch.tensor([min(len(e["input_ids"]), room) for e in examples])
         word_ids = self.pad(examples, "word_ids", -1)[:, :room]
         seg = build_segments(
             ids, lengths, word_ids, torch.zeros_like(ids), self.generator,
-            self.cls_id, self.sep_id, self.pad_id, task=None, short_seq_prob=0.0,
+            self.tokens.cls, self.tokens.sep, self.tokens.pad, task=None, short_seq_prob=0.0,
         )
         candidates = seg.attention_mask.bool() & ~seg.special_mask
-        counts = self.budget(candidates.sum(dim=1))
-        selected, span_ids = masking.select_geometric_spans(
+        counts = masking_ops.ceil_counts(  # ceil(p * n) in float64, like the original
+            candidates.sum(dim=1), self.masking.probability, self.masking.max_predictions
+        )
+        selected, span_ids = masking_ops.select_geometric_spans(
             candidates, seg.word_ids, counts, self.generator, self.geometric_p,
             self.min_span, self.max_span, truncate=self.truncate_last_span,
         )
-        input_ids, labels = masking.corrupt(
-            seg.input_ids, selected, self.generator, self.mask_id, self.random_ids,
-            self.mask_rate, self.random_rate, unit_ids=span_ids,
+        input_ids, labels = masking_ops.corrupt(
+            seg.input_ids, selected, self.generator, self.tokens.mask, self.random_ids,
+            self.masking.mask_rate, self.masking.random_rate, unit_ids=span_ids,
         )
         batch = {
             "input_ids": input_ids,
@@ -152,7 +119,7 @@ class SpanBertCollator(Collator):
                     ) -> dict[str, Tensor]:
         """The SBO fields of the batch (see the class docstring) from the merged spans."""
         batch, length = span_ids.shape
-        start, end = masking.span_bounds(span_ids)
+        start, end = masking_ops.span_bounds(span_ids)
         pos = torch.arange(length).expand(batch, length)
         left, right = start - 1, end + 1
         # both boundaries must be real content tokens: not [CLS] / [SEP] / padding

@@ -18,8 +18,8 @@ from transformers import BertConfig, BertForMaskedLM
 from transformers.models.bert.modeling_bert import BertLayer
 
 from plmkit.collator import IGNORE_INDEX
+from plmkit.encoder import EncoderObjective
 from plmkit.heads import masked_lm_loss
-from plmkit.objective import Objective
 from plmkit.plugins.bert.model import bert_config
 from plmkit.plugins.spanbert.collator import SpanBertCollator
 
@@ -138,7 +138,7 @@ class SpanBertModel(nn.Module):
         return out
 
 
-class SpanBertObjective(Objective):
+class SpanBertObjective(EncoderObjective):
     """SpanBERT: geometric span masking + Span Boundary Objective, no NSP (Joshi et al. 2020)."""
 
     objective_name = "spanbert"
@@ -146,13 +146,6 @@ class SpanBertObjective(Objective):
 
     def __init__(
         self,
-        hidden_size: int = 768,
-        num_layers: int = 12,
-        num_heads: int = 12,
-        intermediate_size: int = 3072,
-        dropout: float = 0.1,
-        max_position_embeddings: int = 512,
-        mlm_probability: float = 0.15,
         geometric_p: float = 0.2,
         min_span: int = 1,
         max_span: int = 10,
@@ -164,14 +157,8 @@ class SpanBertObjective(Objective):
     ) -> None:
         """
         Args:
-            hidden_size: width of the encoder.
-            num_layers: number of transformer layers.
-            num_heads: attention heads per layer.
-            intermediate_size: feed-forward width.
-            dropout: dropout of hidden states and attention.
-            max_position_embeddings: learned positions (at least data.max_length).
-            mlm_probability: masking budget, ``ceil(p * n)`` tokens per sequence.
-            geometric_p: geometric law of span lengths in words.
+            geometric_p: geometric law of span lengths in words (the masking budget is
+                ``ceil(masking.probability * n)`` tokens; spans always cover whole words).
             min_span: shortest span in words.
             max_span: longest span in words (the law is clipped and renormalised).
             truncate_last_span: cut the last span at the budget like the original.
@@ -180,27 +167,21 @@ class SpanBertObjective(Objective):
             sbo_weight: weight of the SBO loss (loss = MLM + weight * SBO).
         """
         super().__init__(**kwargs)
-        self.hidden_size, self.num_layers, self.num_heads = hidden_size, num_layers, num_heads
-        self.intermediate_size, self.dropout = intermediate_size, dropout
-        self.max_position_embeddings = max_position_embeddings
-        self.mlm_probability, self.geometric_p = mlm_probability, geometric_p
-        self.min_span, self.max_span = min_span, max_span
+        self.geometric_p, self.min_span, self.max_span = geometric_p, min_span, max_span
         self.truncate_last_span = truncate_last_span
         self.max_span_targets, self.sbo_position_size = max_span_targets, sbo_position_size
         self.sbo_weight = sbo_weight
 
-    def block_length(self, max_length: int) -> int:
-        return max_length - 2  # [CLS] x [SEP]
-
     def build_model(self) -> SpanBertModel:
         # BERT's config (type_vocab_size 2, tied output embeddings: the defaults)
-        return SpanBertModel(bert_config(self), self.max_span_targets, self.sbo_position_size)
+        config = bert_config(self.encoder, self.tokenizer, self.max_length)
+        return SpanBertModel(config, self.max_span_targets, self.sbo_position_size)
 
     def build_collator(self, seed: int = 0) -> SpanBertCollator:
-        return SpanBertCollator.from_tokenizer(
+        return SpanBertCollator(
             self.tokenizer,
             max_length=self.max_length,
-            mlm_probability=self.mlm_probability,
+            masking=self.masking,
             geometric_p=self.geometric_p,
             min_span=self.min_span,
             max_span=self.max_span,
@@ -218,13 +199,6 @@ class SpanBertObjective(Objective):
         loss = out["mlm_loss"] + self.sbo_weight * out["sbo_loss"]
         metrics = {name: value.detach() for name, value in out.items()}
         return loss, metrics
-
-    def flops_per_token(self, seq_len: int) -> float:
-        """6N + attention for the encoder; the MLM/SBO heads run on ~15% of tokens only."""
-        model: SpanBertModel = self.model  # type: ignore[assignment]
-        n = sum(p.numel() for p in model.mlm.bert.encoder.parameters())
-        config = model.config
-        return 6.0 * n + 12.0 * config.num_hidden_layers * config.hidden_size * seq_len
 
     def export_model(self) -> nn.Module:
         """The ``BertForMaskedLM`` (the SBO head is for pretraining only)."""

@@ -4,6 +4,8 @@
 ``StructBertObjective`` is loaded lazily.
 """
 
+from pathlib import Path
+
 from plmkit.plugins.structbert.collator import StructBertCollator
 from plmkit.registry import hookimpl
 
@@ -24,3 +26,8 @@ def plmkit_register_objectives():
     from plmkit.plugins.structbert.model import StructBertObjective
 
     return [StructBertObjective]
+
+
+@hookimpl
+def plmkit_recipe_dirs():
+    return [Path(__file__).parent / "recipes"]

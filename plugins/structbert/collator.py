@@ -8,10 +8,10 @@ paper and ``/work/shared/METHODS.md``:
   trigrams (``K = 3``) are chosen and the tokens of each are shuffled; the model recovers the
   original token at every shuffled position (``wso_labels``, -100 elsewhere). Definitions:
 
-  - an *eligible trigram* is a window of ``K`` consecutive content tokens none of which was
-    selected for MLM (so it never touches a masked / randomly replaced / kept-for-MLM token,
-    nor ``[CLS]``/``[SEP]``/padding, and never crosses the segment boundary), whose tokens
-    are **not all equal** (no permutation could change it);
+  - an *eligible trigram* is a window of ``K`` consecutive tokens none of which was
+    selected for MLM or is a special token (so it never touches a masked / randomly replaced
+    / kept-for-MLM token, nor ``[CLS]``/``[SEP]``/padding/``[UNK]``, and never crosses the
+    segment boundary), whose tokens are **not all equal** (no permutation could change it);
   - the number of trigrams shuffled in a row is ``wso_probability`` times its number of
     eligible trigrams, rounded stochastically (so the expected rate is exactly 5% of the
     eligible trigrams); chosen trigrams never overlap (a few vectorized top-up passes keep
@@ -35,9 +35,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from plmkit import masking
 from plmkit.collator import IGNORE_INDEX
-from plmkit.lexicon import greedy_non_overlapping, window_count
+from plmkit.masking import greedy_non_overlapping, select_exact, window_count
 from plmkit.plugins.bert.collator import BertCollator
 
 
@@ -101,9 +100,7 @@ class StructBertCollator(BertCollator):
             active = (remaining > 0) & free.any(dim=1)
             if not bool(active.any()):
                 break
-            picks = masking.select_exact(
-                free, torch.where(active, remaining, 0), generator
-            )
+            picks = select_exact(free, torch.where(active, remaining, 0), generator)
             chosen |= greedy_non_overlapping(picks, k)
             remaining = counts - chosen.sum(dim=1)
         return chosen
@@ -136,23 +133,11 @@ class StructBertCollator(BertCollator):
         return out, labels
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Tensor]:
-        seg = self.segments(examples)
-        candidates = seg.attention_mask.bool() & ~seg.special_mask
-        selected = self.select(candidates, seg.word_ids)
-        input_ids, labels = masking.corrupt(
-            seg.input_ids, selected, self.generator, self.mask_id, self.random_ids,
-            self.mask_rate, self.random_rate,
-        )
-        # unselected positions still hold their original tokens in ``input_ids``
-        input_ids, wso_labels = self.shuffle(input_ids, candidates & ~selected)
-        batch = {
-            "input_ids": input_ids,
-            "attention_mask": seg.attention_mask,
-            "token_type_ids": seg.token_type_ids,
-            "labels": labels,
-            "wso_labels": wso_labels,
-        }
-        if seg.sentence_label is not None:
-            key = "sso_label" if self.sentence_task == "sso" else "next_sentence_label"
-            batch[key] = seg.sentence_label
+        batch = super().__call__(examples)
+        # BERT left the unselected positions with their original tokens
+        eligible = batch["attention_mask"].bool() & (batch["labels"] == IGNORE_INDEX)
+        eligible &= ~torch.isin(batch["input_ids"], self.special_ids)
+        batch["input_ids"], batch["wso_labels"] = self.shuffle(batch["input_ids"], eligible)
+        if self.sentence_task == "sso":
+            batch["sso_label"] = batch.pop("next_sentence_label")
         return batch

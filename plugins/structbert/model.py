@@ -34,16 +34,6 @@ class StructBertObjective(BertObjective):
 
     def __init__(
         self,
-        hidden_size: int = 768,
-        num_layers: int = 12,
-        num_heads: int = 12,
-        intermediate_size: int = 3072,
-        dropout: float = 0.1,
-        max_position_embeddings: int = 512,
-        mlm_probability: float = 0.15,
-        exact_count: bool = True,
-        max_predictions: int | None = None,
-        short_seq_prob: float = 0.1,
         wso_probability: float = 0.05,
         wso_ngram: int = 3,
         wso_weight: float = 1.0,
@@ -53,41 +43,13 @@ class StructBertObjective(BertObjective):
     ) -> None:
         """
         Args:
-            hidden_size: width of the encoder.
-            num_layers: number of transformer layers.
-            num_heads: attention heads per layer.
-            intermediate_size: feed-forward width.
-            dropout: dropout of hidden states and attention.
-            max_position_embeddings: learned positions (at least data.max_length).
-            mlm_probability: fraction of tokens to predict (BERT masking, 80/10/10).
-            exact_count: exact per-sequence budget like BERT's original (else Bernoulli).
-            max_predictions: cap on the exact budget (default ceil(max_length * p)).
-            short_seq_prob: probability of a shorter random sequence length.
             wso_probability: fraction of the unmasked trigrams that are shuffled (paper 5%).
             wso_ngram: length K of a shuffled n-gram (paper: 3).
             wso_weight: weight of the word structural loss (paper: 1).
             sso: train the 3-way sentence structural objective (else single segments).
             sso_weight: weight of the sentence structural loss (paper: 1).
         """
-        super().__init__(
-            hidden_size=hidden_size,
-            num_layers=num_layers,
-            num_heads=num_heads,
-            intermediate_size=intermediate_size,
-            dropout=dropout,
-            max_position_embeddings=max_position_embeddings,
-            mlm_probability=mlm_probability,
-            exact_count=exact_count,
-            max_predictions=max_predictions,
-            whole_word=False,
-            nsp=sso,
-            short_seq_prob=short_seq_prob,
-            **kwargs,
-        )
-        # ``nsp`` / ``whole_word`` are BertObjective arguments this objective sets itself:
-        # keep them out of the saved hyperparameters (the checkpoint rebuilds from those)
-        for name in ("nsp", "whole_word"):
-            self.hparams.pop(name, None)
+        super().__init__(nsp=sso, **kwargs)
         self.wso_probability, self.wso_ngram, self.wso_weight = (
             wso_probability, wso_ngram, wso_weight,
         )
@@ -103,14 +65,13 @@ class StructBertObjective(BertObjective):
         return model
 
     def build_collator(self, seed: int = 0) -> StructBertCollator:
-        return StructBertCollator.from_tokenizer(
+        return StructBertCollator(
             self.tokenizer,
             max_length=self.max_length,
-            mlm_probability=self.mlm_probability,
-            exact_count=self.exact_count,
-            max_predictions=self.max_predictions,
+            masking=self.masking,
             sentence_task="sso" if self.sso else None,
             short_seq_prob=self.short_seq_prob,
+            skip_inner_specials=self.packing == "stream",
             wso_probability=self.wso_probability,
             wso_ngram=self.wso_ngram,
             seed=seed,
@@ -118,19 +79,15 @@ class StructBertObjective(BertObjective):
 
     def compute_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         model: BertForPreTraining = self.model  # type: ignore[assignment]
-        hidden, pooled = model.bert(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            token_type_ids=batch["token_type_ids"],
-            return_dict=False,
-        )[:2]
-        head = model.cls.predictions
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+        hidden, pooled = model.bert(**inputs, return_dict=False)[:2]
+        head = model.cls.predictions  # WSO shares the MLM output layer
         mlm_loss, mlm_acc, _ = masked_lm_loss(hidden, batch["labels"], head)
         metrics = {"mlm_loss": mlm_loss.detach(), "mlm_acc": mlm_acc}
         loss = mlm_loss
         wso_labels = batch.get("wso_labels")
         if wso_labels is not None and bool((wso_labels != IGNORE_INDEX).any()):
-            wso_loss, wso_acc, _ = masked_lm_loss(hidden, wso_labels, head)  # shared head
+            wso_loss, wso_acc, _ = masked_lm_loss(hidden, wso_labels, head)
             metrics.update(wso_loss=wso_loss.detach(), wso_acc=wso_acc)
             loss = loss + self.wso_weight * wso_loss
         if "sso_label" in batch:

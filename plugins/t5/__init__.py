@@ -1,5 +1,7 @@
 """T5 span corruption: the plugin's hooks; ``T5SpanCorruptionCollator`` works on its own."""
 
+from pathlib import Path
+
 from plmkit.plugins.t5.collator import (
     T5SpanCorruptionCollator,
     random_spans_helper,
@@ -31,3 +33,16 @@ def plmkit_register_objectives():
     from plmkit.plugins.t5.model import T5Objective
 
     return [T5Objective]
+
+
+@hookimpl
+def plmkit_recipe_dirs():
+    return [Path(__file__).parent / "recipes"]
+
+
+@hookimpl
+def plmkit_evaluation_adapters():
+    from plmkit.evaluate import hf_adapter
+
+    encoder = hf_adapter("T5EncoderModel", "mean", "T5EncoderModel (encoder only), mean pooling")
+    return dict.fromkeys(("t5", "mt5", "umt5"), encoder)

@@ -28,7 +28,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from plmkit.collator import IGNORE_INDEX, Collator, eos_token_id
+from plmkit.collator import IGNORE_INDEX, Collator
+from plmkit.config import SpecialTokens
 
 NUM_SENTINELS = 100
 
@@ -134,6 +135,26 @@ def random_spans_noise_mask(
     return (span_number % 2 == 1) & inside
 
 
+def _sentinel_ids(tokenizer: Any, tokens: SpecialTokens) -> list[int]:
+    """``<extra_id_0>``, ``<extra_id_1>`` ... of a tokenizer, by name (plmkit appends them so
+    that ``<extra_id_k>`` is ``vocab_size - 1 - k``, as Hugging Face's T5 tokenizers number
+    them); plmkit's layout for a bare ``SpecialTokens``."""
+    if isinstance(tokenizer, SpecialTokens):
+        return [tokens.vocab_size - 1 - k for k in range(NUM_SENTINELS)]
+    vocab = tokenizer.get_vocab()
+    sentinels = []
+    for name in sentinel_tokens():
+        if name not in vocab:
+            break
+        sentinels.append(vocab[name])
+    if not sentinels:
+        raise ValueError(
+            "the tokenizer has no <extra_id_0> sentinel: add T5Objective().special_tokens() "
+            "to it, or pass sentinel_ids"
+        )
+    return sentinels
+
+
 def _compact(values: Tensor, keep: Tensor, width: int, fill: int) -> tuple[Tensor, Tensor]:
     """Left-align the kept values of every row into (batch, width); return them and counts."""
     counts = keep.sum(dim=1)
@@ -148,59 +169,45 @@ class T5SpanCorruptionCollator(Collator):
     """Span-corruption (``inputs``, ``labels``) batches for T5.
 
     Args:
-        sentinel_ids: token id of ``<extra_id_k>`` at index ``k`` (T5: ``vocab_size - 1 - k``).
-        eos_token_id: EOS, appended to inputs and targets.
-        pad_token_id: padding of the inputs (labels are padded with -100).
+        tokenizer: a Hugging Face tokenizer holding ``<extra_id_0>``, ``<extra_id_1>`` ...
+            (looked up by name), or a :class:`~plmkit.config.SpecialTokens`; its ``eos`` is
+            appended to inputs and targets, its ``pad`` pads the inputs (labels: -100).
         input_length: configured encoder length; examples are cut to the raw length
             :func:`random_spans_helper` gives for it.
         noise_density: fraction of tokens corrupted (0.15).
         mean_noise_span_length: mean span length (3.0).
+        sentinel_ids: id of ``<extra_id_k>`` at index ``k`` (default: from the tokenizer's
+            vocabulary; for a ``SpecialTokens``, plmkit's layout ``vocab_size - 1 - k``).
         seed: seed of the collator's generator (see :class:`plmkit.collator.Collator`).
     """
 
+    #: EOS closes the inputs; each noise span becomes one sentinel, so the raw block is
+    #: longer than the inputs (see :meth:`T5Objective.block_length`).
+    num_special_tokens = 1
+
     def __init__(
         self,
-        sentinel_ids: list[int],
-        eos_token_id: int,
-        pad_token_id: int,
+        tokenizer: Any,
         input_length: int = 512,
         noise_density: float = 0.15,
         mean_noise_span_length: float = 3.0,
+        sentinel_ids: list[int] | None = None,
         seed: int = 0,
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__(seed, generator)
         if not 0.0 < noise_density < 1.0:
             raise ValueError(f"noise_density must be in (0, 1), got {noise_density}")
+        tokens = SpecialTokens.from_tokenizer(tokenizer)
+        if sentinel_ids is None:
+            sentinel_ids = _sentinel_ids(tokenizer, tokens)
         self.sentinel_ids = torch.tensor(sentinel_ids, dtype=torch.long)
-        self.eos_id, self.pad_id = eos_token_id, pad_token_id
+        self.eos_id, self.pad_id = tokens.eos, tokens.pad
         self.noise_density, self.mean_noise_span_length = noise_density, mean_noise_span_length
         self.input_length = input_length
         self.raw_length, self.target_length = random_spans_helper(
             input_length, noise_density, mean_noise_span_length
         )
-
-    @classmethod
-    def from_tokenizer(cls, tokenizer: Any, **kwargs: Any) -> T5SpanCorruptionCollator:
-        """Build from a tokenizer that holds ``<extra_id_0>``, ``<extra_id_1>`` ...
-
-        The sentinels are looked up by name (plmkit appends them so that ``<extra_id_k>`` is
-        ``vocab_size - 1 - k``; Hugging Face's T5 tokenizers number them the same way).
-        """
-        vocab = tokenizer.get_vocab()
-        sentinels = []
-        for name in sentinel_tokens():
-            if name not in vocab:
-                break
-            sentinels.append(vocab[name])
-        if not sentinels:
-            raise ValueError(
-                "the tokenizer has no <extra_id_0> sentinel: add T5Objective().special_tokens() "
-                "to it, or build the collator with explicit sentinel_ids"
-            )
-        eos = eos_token_id(tokenizer)
-        return cls(sentinel_ids=sentinels, eos_token_id=eos,
-                   pad_token_id=tokenizer.pad_token_id, **kwargs)
 
     def corrupt(self, ids: Tensor, lengths: Tensor, noise: Tensor) -> dict[str, Tensor]:
         """Build inputs and targets from raw ``ids`` and a noise mask (both (batch, width))."""

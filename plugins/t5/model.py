@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import functools
+import math
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -13,7 +16,8 @@ from torch import Tensor, nn
 from transformers import T5Config, T5ForConditionalGeneration
 from transformers.models.t5.modeling_t5 import T5Block
 
-from plmkit.collator import IGNORE_INDEX, eos_token_id
+from plmkit.collator import IGNORE_INDEX
+from plmkit.config import SpecialTokens
 from plmkit.objective import Objective
 from plmkit.plugins.t5.collator import (
     NUM_SENTINELS,
@@ -21,6 +25,14 @@ from plmkit.plugins.t5.collator import (
     random_spans_helper,
     sentinel_tokens,
 )
+
+
+def t5_inverse_sqrt(step: int, warmup: int) -> float:
+    """T5's schedule as a factor of the peak ``lr``: ``sqrt(k / max(step, k))`` for ``k``
+    warmup steps, so ``lr = 1 / sqrt(k)`` gives the paper's ``1 / sqrt(max(n, k))``: constant
+    for the first ``k`` steps (no linear ramp), then the inverse square root."""
+    k = max(warmup, 1)
+    return math.sqrt(k / max(step, k))
 
 
 class T5Objective(Objective):
@@ -74,7 +86,9 @@ class T5Objective(Objective):
             mean_noise_span_length: mean length of a corrupted span.
             optimizer: ``adamw`` (the core's) or ``adafactor`` (``torch.optim.Adafactor``,
                 T5's optimizer: factored second moments, no momentum, updates scaled by
-                the parameter RMS); both follow ``optim.lr`` and ``optim.schedule``.
+                the parameter RMS); both follow ``optim.lr`` and ``optim.schedule``, whose
+                ``inverse_sqrt`` is T5's: ``lr`` for the first ``optim.warmup_steps``
+                steps (no ramp), then ``lr * sqrt(warmup_steps / step)``.
         """
         super().__init__(**kwargs)
         self.d_model, self.num_layers, self.num_heads = d_model, num_layers, num_heads
@@ -90,7 +104,11 @@ class T5Objective(Objective):
 
     # ------------------------------------------------------------------ lengths and tokens
     def block_length(self, max_length: int) -> int:
-        """Raw tokens whose corruption fills ``max_length`` inputs (512 -> 568, 128 -> 141)."""
+        """Raw tokens whose corruption fills ``max_length`` inputs (512 -> 568, 128 -> 141).
+
+        Longer than ``max_length``, unlike the core's default (``max_length`` minus the
+        collator's special tokens): span corruption replaces every noise span by one sentinel.
+        """
         return random_spans_helper(max_length, self.noise_density, self.mean_noise_span_length)[0]
 
     @property
@@ -107,8 +125,7 @@ class T5Objective(Objective):
         return list(reversed(sentinel_tokens(NUM_SENTINELS)))
 
     def _eos_id(self) -> int:
-        assert self.tokenizer is not None
-        return eos_token_id(self.tokenizer)
+        return SpecialTokens.from_tokenizer(self.tokenizer).eos  # type: ignore[return-value]
 
     # ------------------------------------------------------------------------ the model
     def build_model(self) -> nn.Module:
@@ -146,7 +163,7 @@ class T5Objective(Objective):
         return model
 
     def build_collator(self, seed: int = 0) -> T5SpanCorruptionCollator:
-        return T5SpanCorruptionCollator.from_tokenizer(
+        return T5SpanCorruptionCollator(
             self.tokenizer,
             input_length=self.max_length,
             noise_density=self.noise_density,
@@ -176,36 +193,29 @@ class T5Objective(Objective):
             accuracy = (logits.argmax(dim=-1) == labels)[selected].float().mean()
         return loss, {"accuracy": accuracy}
 
-    def flops_per_token(self, seq_len: int) -> float:
-        """Per *input* token: 6 x weights touched (encoder on the inputs, decoder and LM head
-        on the targets, scaled by targets/inputs) plus attention scores."""
-        assert self.model is not None
-        model: T5ForConditionalGeneration = self.model  # type: ignore[assignment]
-        enc = sum(p.numel() for p in model.encoder.block.parameters())
-        dec = sum(p.numel() for p in model.decoder.block.parameters())
-        head = model.lm_head.weight.numel()
-        ratio = self.target_length / max(self.max_length, 1)
-        inner = self.num_heads * self.d_kv
-        dec_layers = self.num_decoder_layers or self.num_layers
-        attention = 12.0 * inner * (self.num_layers * seq_len
-                                    + dec_layers * ratio * (self.target_length + seq_len))
-        return 6.0 * (enc + ratio * (dec + head)) + attention
-
     # ------------------------------------------------------------------------ optimizer
     def configure_optimizers(self) -> Any:
-        """The core's AdamW + schedule, or Adafactor driven by the same schedule."""
-        config = super().configure_optimizers()
-        if self.optimizer_name != "adafactor":
+        """The core's AdamW or Adafactor; ``inverse_sqrt`` is T5's schedule
+        (:func:`t5_inverse_sqrt`), any other schedule the core's."""
+        t5_schedule = self.optim.schedule == "inverse_sqrt"
+        with warnings.catch_warnings():
+            if t5_schedule:  # no ramp to shorten: a run shorter than warmup stays at lr
+                warnings.filterwarnings("ignore", message="warmup_steps=")
+            config = super().configure_optimizers()
+        if self.optimizer_name != "adafactor" and not t5_schedule:
             return config
-        adamw = config["optimizer"]
-        groups = [
-            {"params": g["params"], "weight_decay": g["weight_decay"]} for g in adamw.param_groups
-        ]
-        optimizer = torch.optim.Adafactor(groups, lr=self.optim.lr)
-        lr_lambda = config["lr_scheduler"]["scheduler"].lr_lambdas[0]
+        optimizer = config["optimizer"]
+        if self.optimizer_name == "adafactor":
+            groups = [{key: g[key] for key in ("params", "weight_decay", "name")}
+                      for g in optimizer.param_groups]
+            optimizer = torch.optim.Adafactor(groups, lr=self.optim.lr)
+        if t5_schedule:
+            lr_lambda = functools.partial(t5_inverse_sqrt, warmup=self.optim.warmup_steps)
+        else:
+            lr_lambda = config["lr_scheduler"]["scheduler"].lr_lambdas[0]
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
         return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+                "lr_scheduler": {**config["lr_scheduler"], "scheduler": scheduler}}
 
     # --------------------------------------------------------------------------- export
     def export(self, out_dir: str | Path, **options: Any) -> None:

@@ -4,6 +4,8 @@
 its own (no Lightning needed); ``XLNetObjective`` trains ``XLNetLMHeadModel`` with it.
 """
 
+from pathlib import Path
+
 from plmkit.plugins.xlnet.collator import XLNetCollator
 from plmkit.registry import hookimpl
 
@@ -24,3 +26,8 @@ def plmkit_register_objectives():
     from plmkit.plugins.xlnet.model import XLNetObjective
 
     return [XLNetObjective]
+
+
+@hookimpl
+def plmkit_recipe_dirs():
+    return [Path(__file__).parent / "recipes"]

@@ -54,6 +54,7 @@ from torch import Tensor
 
 from plmkit import masking
 from plmkit.collator import IGNORE_INDEX, Collator
+from plmkit.config import SpecialTokens
 
 CLS_SEGMENT_ID = 2
 PAD_SEGMENT_ID = 3
@@ -63,10 +64,9 @@ class XLNetCollator(Collator):
     """Permutation-LM batches for ``XLNetLMHeadModel`` (two-stream attention).
 
     Args:
-        sep_token_id, cls_token_id, pad_token_id: special token ids (``[SEP] [CLS]`` close
-            every sequence).
-        special_token_ids: ids that are never prediction targets (and are "functional" tokens
-            in the factorization order when they occur in the input).
+        tokenizer: a Hugging Face tokenizer with [SEP]/[CLS]/[PAD] (``[SEP] [CLS]`` close every
+            sequence), or its :class:`~plmkit.config.SpecialTokens`; its special tokens are
+            never targets (and are "functional" in the factorization order when in the input).
         max_length: the longest model input, the final ``[SEP] [CLS]`` included; longer
             examples are cut to ``max_length - 2`` tokens. Any length works, odd or even.
         partial_k: partial prediction K: about ``1/K`` of the real tokens are predicted.
@@ -85,12 +85,11 @@ class XLNetCollator(Collator):
         seed: seed of the collator's generator (see :class:`plmkit.collator.Collator`).
     """
 
+    num_special_tokens = 2  # tokens [SEP] [CLS]
+
     def __init__(
         self,
-        sep_token_id: int,
-        cls_token_id: int,
-        pad_token_id: int,
-        special_token_ids: list[int],
+        tokenizer: Any,
         max_length: int = 512,
         partial_k: float = 6.0,
         num_predict: int | None = None,
@@ -113,8 +112,9 @@ class XLNetCollator(Collator):
             raise ValueError("need max_span >= 1 and partial_k > 1")
         if perm_size is not None and perm_size < 1:
             raise ValueError(f"perm_size must be positive, got {perm_size}")
-        self.sep_id, self.cls_id, self.pad_id = sep_token_id, cls_token_id, pad_token_id
-        self.special_ids = torch.tensor(sorted(set(special_token_ids)), dtype=torch.long)
+        tokens = SpecialTokens.from_tokenizer(tokenizer)
+        self.sep_id, self.cls_id, self.pad_id = tokens.sep, tokens.cls, tokens.pad
+        self.special_ids = torch.tensor(tokens.all, dtype=torch.long)
         self.max_length = max_length
         self.partial_k, self.num_predict = partial_k, num_predict
         self.max_span, self.alpha, self.beta = max_span, alpha, beta
@@ -122,17 +122,6 @@ class XLNetCollator(Collator):
         self.fill_to_budget, self.functional_in_order = fill_to_budget, functional_in_order
         lengths = torch.arange(1, max_span + 1, dtype=torch.float64)
         self.span_probs = (1.0 / lengths) / (1.0 / lengths).sum()
-
-    @classmethod
-    def from_tokenizer(cls, tokenizer: Any, **kwargs: Any) -> XLNetCollator:
-        """Build from a Hugging Face tokenizer with [SEP]/[CLS]/[PAD] tokens."""
-        return cls(
-            sep_token_id=tokenizer.sep_token_id,
-            cls_token_id=tokenizer.cls_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            special_token_ids=list(tokenizer.all_special_ids),
-            **kwargs,
-        )
 
     # ------------------------------------------------------------------------------ targets
     def budgets(self, num_tokens: Tensor, num_candidates: Tensor) -> Tensor:
@@ -242,7 +231,7 @@ class XLNetCollator(Collator):
 
     # ----------------------------------------------------------------------------- batch
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Tensor]:
-        budget = self.max_length - 2
+        budget = self.max_length - self.num_special_tokens
         ids = self.pad(examples, "input_ids", self.pad_id)[:, :budget]
         word_ids = self.pad(examples, "word_ids", -1)[:, :budget]
         lengths = torch.tensor([min(len(e["input_ids"]), budget) for e in examples])

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import copy
+from pathlib import Path
 from typing import Any
 
 import torch.nn.functional as F
+from tokenizers import processors
 from torch import Tensor, nn
 from transformers import XLNetConfig, XLNetLMHeadModel
 from transformers.models.xlnet.modeling_xlnet import XLNetLayer
 
 from plmkit.collator import IGNORE_INDEX
 from plmkit.objective import Objective
-from plmkit.plugins.xlnet.collator import XLNetCollator
+from plmkit.plugins.xlnet.collator import CLS_SEGMENT_ID, XLNetCollator
 
 
 class XLNetObjective(Objective):
@@ -75,9 +78,6 @@ class XLNetObjective(Objective):
         self.whole_word, self.mem_len = whole_word, mem_len
         self._mems: tuple[Tensor, ...] | None = None
 
-    def block_length(self, max_length: int) -> int:
-        return max_length - 2  # tokens [SEP] [CLS]
-
     def build_model(self) -> nn.Module:
         assert self.tokenizer is not None
         if self.hidden_size % self.num_heads:
@@ -103,7 +103,7 @@ class XLNetObjective(Objective):
         return XLNetLMHeadModel(config)
 
     def build_collator(self, seed: int = 0) -> XLNetCollator:
-        return XLNetCollator.from_tokenizer(
+        return XLNetCollator(
             self.tokenizer,
             max_length=self.max_length,
             partial_k=self.partial_k,
@@ -145,24 +145,32 @@ class XLNetObjective(Objective):
         accuracy = (logits.argmax(dim=-1) == targets).float().mean()
         return loss, {"plm_loss": loss.detach(), "plm_acc": accuracy}
 
+    def export(self, out_dir: str | Path, **options: Any) -> None:
+        """Save the ``XLNetLMHeadModel`` and a tokenizer that encodes like training.
+
+        The exported tokenizer writes XLNet's layout, ``A [SEP] [CLS]`` (pairs
+        ``A [SEP] B [SEP] [CLS]``, token types 0, then 1, and 2 on ``[CLS]``), instead of
+        plmkit's ``[CLS] A [SEP]``, and pads on the left as ``XLNetTokenizer`` does, so
+        ``XLNetForSequenceClassification``, which pools the last position, pools ``[CLS]``.
+        It returns ``token_type_ids`` (XLNet's relative segment encoding reads them);
+        padding gets type 0 instead of the collator's 3, hidden by the attention mask.
+        """
+        assert self.tokenizer is not None
+        self.export_model().save_pretrained(str(out_dir))
+        tokenizer = copy.deepcopy(self.tokenizer)
+        cls, sep = tokenizer.cls_token, tokenizer.sep_token
+        tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+            single=f"$A:0 {sep}:0 {cls}:{CLS_SEGMENT_ID}",
+            pair=f"$A:0 {sep}:0 $B:1 {sep}:1 {cls}:{CLS_SEGMENT_ID}",
+            special_tokens=[(sep, tokenizer.sep_token_id), (cls, tokenizer.cls_token_id)],
+        )
+        # saved only when set on the instance and in its init kwargs both
+        layout = {"padding_side": "left",
+                  "model_input_names": ["input_ids", "token_type_ids", "attention_mask"]}
+        for key, value in layout.items():
+            setattr(tokenizer, key, value)
+            tokenizer.init_kwargs[key] = value
+        tokenizer.save_pretrained(str(out_dir))
+
     def on_validation_start(self) -> None:
         self._mems = None
-
-    def flops_per_token(self, seq_len: int) -> float:
-        """Content stream on every token, query stream on the 1/K targets, relative attention.
-
-        Forward per token: ``2N`` for the content stream and ``2N / K`` for the query stream
-        (N = non-embedding parameters), per layer ``6 L d`` for the two score terms
-        (content and position) and the weighted sum, times ``1 + 1/K``, plus ``4 d^2`` to
-        project the 2L relative positions, and ``2 d V / K`` for the output layer; training
-        is three times the forward.
-        """
-        assert self.model is not None
-        config = self.model.config
-        n = sum(p.numel() for name, p in self.model.named_parameters()
-                if "word_embedding" not in name and "lm_loss" not in name)
-        share = 1.0 + 1.0 / self.partial_k
-        d, layers = config.d_model, config.n_layer
-        forward = 2.0 * n * share + layers * (6.0 * seq_len * d * share + 4.0 * d * d)
-        forward += 2.0 * d * config.vocab_size / self.partial_k
-        return 3.0 * forward

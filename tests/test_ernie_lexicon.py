@@ -1,4 +1,5 @@
-"""plmkit.lexicon: lexicon files, the batch phrase matcher and whole-unit span selection."""
+"""ERNIE's plmkit.plugins.ernie.lexicon: lexicon files, the batch phrase matcher and whole-unit
+span selection. (The shared window helpers are tested in test_masking.py.)"""
 
 from __future__ import annotations
 
@@ -8,12 +9,11 @@ import time
 import pytest
 import torch
 
-from plmkit.lexicon import (
+from plmkit.plugins.ernie.lexicon import (
     ENTITY,
     PHRASE,
     PhraseMatcher,
     complete_runs,
-    greedy_non_overlapping,
     load_lexicon,
     read_lexicon,
     select_units,
@@ -112,20 +112,6 @@ def test_overlaps_resolved_longest_first_then_leftmost():
     ids = torch.tensor([[1, 2, 3]])
     blocked = torch.tensor([[True, False, True]])
     assert m3.match(ids, candidates=blocked).spans() == [[]]
-
-
-def test_greedy_non_overlapping_matches_a_python_scan():
-    g = torch.Generator().manual_seed(0)
-    for length in (2, 3, 5):
-        starts = torch.rand(64, 40, generator=g) < 0.3
-        got = greedy_non_overlapping(starts, length)
-        for row in range(64):
-            expected, end = [], -1
-            for s in starts[row].nonzero().flatten().tolist():
-                if s >= end:
-                    expected.append(s)
-                    end = s + length
-            assert got[row].nonzero().flatten().tolist() == expected
 
 
 def test_wordnet_matches_are_lexicon_phrases(tokenizer, make_examples, wordnet_matcher):

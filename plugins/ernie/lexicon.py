@@ -49,20 +49,19 @@ import torch
 from torch import Tensor
 
 from plmkit import masking
+from plmkit.masking import greedy_non_overlapping, window_count
 
 __all__ = [
     "ENTITY",
     "PHRASE",
     "PhraseMatcher",
     "SpanMatches",
-    "greedy_non_overlapping",
     "load_lexicon",
     "read_lexicon",
     "complete_runs",
     "select_units",
     "span_units",
     "spans_from_offsets",
-    "window_count",
     "word_starts",
 ]
 
@@ -123,45 +122,6 @@ def word_starts(word_ids: Tensor) -> Tensor:
     """
     previous = torch.cat([torch.full_like(word_ids[:, :1], -2), word_ids[:, :-1]], dim=1)
     return (word_ids != previous) | (word_ids < 0)
-
-
-def window_count(x: Tensor, left: int, right: int) -> Tensor:
-    """For every position s, the sum of ``x[:, s + left : s + right + 1]`` (clipped)."""
-    batch, length = x.shape
-    prefix = torch.cat([torch.zeros(batch, 1, dtype=torch.long), x.long().cumsum(dim=1)], 1)
-    # prefix[:, clamp(s + k, 0, length)] for all s, as a slice of an edge-padded copy
-    pad = max(abs(left), abs(right) + 1)
-    edged = torch.cat(
-        [prefix[:, :1].expand(batch, pad), prefix, prefix[:, -1:].expand(batch, pad)], dim=1
-    )
-    hi = edged[:, pad + right + 1 : pad + right + 1 + length]
-    lo = edged[:, pad + left : pad + left + length]
-    return hi - lo
-
-
-def greedy_non_overlapping(starts: Tensor, length: int) -> Tensor:
-    """Keep non-overlapping windows ``[s, s + length)`` from candidate starts, leftmost first.
-
-    Equals the greedy left-to-right scan (accept a window unless it overlaps one already
-    accepted), computed in vectorized rounds: a candidate with no remaining candidate
-    starting in ``(s - length, s)`` is accepted, the candidates it overlaps are dropped,
-    repeat. Rounds are few (the longest chain of mutually overlapping candidates).
-
-    Args:
-        starts: (B, W) bool candidate window starts.
-        length: the window length in positions.
-    """
-    if length <= 1 or not bool(starts.any()):
-        return starts.clone()
-    accepted = torch.zeros_like(starts)
-    remaining = starts.clone()
-    while bool(remaining.any()):
-        earlier = window_count(remaining, -(length - 1), -1) > 0
-        take = remaining & ~earlier
-        accepted |= take
-        blocked = window_count(take, -(length - 1), length - 1) > 0
-        remaining &= ~blocked
-    return accepted
 
 
 def _cover(starts: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
@@ -533,8 +493,8 @@ def select_units(
 ) -> Tensor:
     """Select whole units, in random order, up to an exact token budget per row.
 
-    The first pass is :func:`plmkit.masking.select_exact` with ``unit_ids``; it stops at the
-    first unit that would overshoot the budget. Each further pass offers the units not yet
+    The first pass is :func:`plmkit.masking.select_exact` with ``unit_ids`` (which skips a
+    unit that would overshoot the budget). Each further pass offers the units not yet
     taken **that still fit** in the remaining budget (the remaining budget of a row is then
     never exceeded), which is BERT's whole-word rule "skip a word that does not fit, try the
     next". Units are never split; a row ends under budget only when no remaining unit fits.

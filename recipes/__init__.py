@@ -1,1 +1,0 @@
-"""Packaged recipes: LightningCLI config files, one per ``<objective>_<size>``."""
