@@ -114,8 +114,16 @@ class PlmkitCLI(LightningCLI):
             super()._set_seed()
 
     def instantiate_classes(self) -> None:
-        if not self._parse_only:
+        if self._parse_only:
+            return
+        try:
             super().instantiate_classes()
+        except ValueError as exc:
+            # jsonargparse wraps an objective's own one-line error (a bad encoder size...)
+            cause = _plmkit_cause(exc)
+            if cause is None:
+                raise
+            raise cause from None
 
     def _run_subcommand(self, subcommand: str) -> None:
         if not self._parse_only:
@@ -356,6 +364,18 @@ def _with_atomic_checkpoint_io(plugins: Any, strategy: Any) -> list[Any]:
     if getattr(strategy, "_checkpoint_io", None) is not None:  # a strategy object with its own
         return plugins
     return [*plugins, AtomicCheckpointIO()]
+
+
+def _plmkit_cause(exc: BaseException) -> PlmkitError | None:
+    """The PlmkitError in the chain of causes of ``exc``, if any."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, PlmkitError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _first_line(exc: BaseException) -> str:

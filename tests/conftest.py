@@ -63,6 +63,22 @@ def make_examples(documents: list[str], tokenizer) -> Callable[..., list[dict]]:
 
 
 @pytest.fixture
+def one_thread(request: pytest.FixtureRequest):
+    """One intra-op thread for collator tests (as collators run in DataLoader workers; much
+    faster on a busy 2-core machine); a test with "training" in its name keeps the default.
+    A module opts in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    if "training" in request.node.name:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def run_plmkit(capsys: pytest.CaptureFixture) -> Callable[..., tuple[int, str, str]]:
     """Run the ``plmkit`` command in-process: ``code, out, err = run_plmkit("recipes")``."""
     from plmkit.cli import main

@@ -94,3 +94,44 @@ def test_checkpoint_of_an_older_plmkit_is_a_one_line_error(run_plmkit, tmp_path:
     lines = [ln for ln in err.strip().splitlines() if ln.startswith("plmkit: error:")]
     assert code == 2 and len(lines) == 1 and "Traceback" not in err
     assert "plmkit 0.1" in lines[0] and "checkpoint format 1" in lines[0]
+
+
+def test_an_impossible_encoder_is_a_one_line_error(run_plmkit, tmp_path: Path):
+    code, _, err = run_plmkit("fit", "--recipe", "bert_tiny", "--model.encoder.num_heads", "3",
+                              "--trainer.default_root_dir", tmp_path / "run")
+    lines = [ln for ln in err.strip().splitlines() if ln.startswith("plmkit: error:")]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err
+    assert "not a multiple of encoder.num_heads 3" in lines[0]
+
+
+@pytest.mark.parametrize("name", ["bert", "roberta", "albert", "spanbert", "structbert", "ernie",
+                                  "electra", "gpt", "t5", "xlnet", "elmo"])
+def test_every_objective_rebuilds_from_its_checkpoint_and_exports(name, tokenizer, tmp_path):
+    """Built from its tiny recipe, saved, rebuilt from the saved hyperparameters alone
+    (``weights_only=True``), same weights, then exported."""
+    import copy
+    import importlib
+
+    import yaml
+
+    from plmkit.data.tokenizer import add_special_tokens
+    from plmkit.registry import get_registry
+
+    recipe = yaml.safe_load(get_registry().recipe(f"{name}_tiny").path.read_text())
+    module, cls_name = recipe["model"]["class_path"].rsplit(".", 1)
+    cls = getattr(importlib.import_module(module), cls_name)
+    objective = cls(**recipe["model"].get("init_args", {}))
+    tok = copy.deepcopy(tokenizer)
+    add_special_tokens(tok, objective.special_tokens())
+    objective.attach_tokenizer(tok, 64)
+    objective.configure_model()
+    torch.save({"hyper_parameters": dict(objective.hparams),
+                "state_dict": objective.state_dict()}, tmp_path / "saved.ckpt")
+    saved = torch.load(tmp_path / "saved.ckpt", weights_only=True)
+    rebuilt = cls(**saved["hyper_parameters"])
+    rebuilt.attach_tokenizer(tok, 64)
+    rebuilt.configure_model()
+    rebuilt.load_state_dict(saved["state_dict"])  # strict: the same architecture
+    assert dict(rebuilt.hparams) == saved["hyper_parameters"]
+    rebuilt.export(tmp_path / "out")
+    assert (tmp_path / "out" / "config.json").is_file()

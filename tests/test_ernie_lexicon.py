@@ -21,18 +21,7 @@ from plmkit.plugins.ernie.lexicon import (
     spans_from_offsets,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread(request):
-    """Collator tests run single-threaded, as collators do in DataLoader workers (much faster
-    on a busy 2-core machine); training tests keep the default."""
-    if "training" in request.node.name:
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _matcher(entries, max_tokens=8):

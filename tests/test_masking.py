@@ -18,13 +18,7 @@ from plmkit.collator import IGNORE_INDEX
 # ----------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensor ops: one intra-op thread avoids oversubscribing a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_rows(batch: int, words: int, seed: int, max_word: int = 3, pad_max: int = 0):

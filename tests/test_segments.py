@@ -64,13 +64,7 @@ def test_sentence_task_labels_are_balanced(make_examples):
 
 
 # ------------------------------------------------------------ proxies: where each token is from
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Many small batches: one thread is faster than several competing ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -16,14 +16,7 @@ from conftest import falling, metric_series
 from plmkit.collator import IGNORE_INDEX
 from plmkit.plugins.spanbert import SpanBertCollator
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensor ops: one intra-op thread avoids oversubscribing a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -14,18 +14,7 @@ from plmkit.collator import IGNORE_INDEX
 from plmkit.config import MaskingConfig
 from plmkit.plugins.structbert import StructBertCollator
 
-
-@pytest.fixture(autouse=True)
-def _one_thread(request):
-    """Collator tests run single-threaded, as collators do in DataLoader workers (much faster
-    on a busy 2-core machine); training tests keep the default."""
-    if "training" in request.node.name:
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _batches(collator, examples, rounds=6, batch=32):
