@@ -29,6 +29,7 @@ EXAMPLES = """examples:
   plmkit fit --recipe bert_tiny                    pretrain BERT-Tiny on the bundled corpus
   plmkit fit --recipe bert_tiny --trainer.max_steps 50 --data.corpus 'my/*.txt'
   plmkit fit --recipe bert_tiny --ckpt_path last   resume the run in runs/bert_tiny
+  plmkit fit --recipe bert_tiny --ckpt_path auto   resume it if it exists, else start it
   plmkit export runs/bert_tiny/checkpoints/last.ckpt out/bert   Hugging Face format
   plmkit evaluate out/bert --task wordnet --baseline random     downstream score and gain
   plmkit compare --recipes electra_tiny bert_tiny --budget 2e13 equal-compute comparison

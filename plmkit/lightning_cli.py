@@ -213,6 +213,11 @@ class PlmkitCLI(LightningCLI):
         ckpt_path = sub.get("ckpt_path")
         if ckpt_path in (None, ""):
             return None
+        if ckpt_path == "auto":  # job schedulers re-submit one command: resume if there is a run
+            if not (self._checkpoint_dir() / "last.ckpt").is_file():
+                sub["ckpt_path"] = None
+                return None
+            ckpt_path = "last"
         if ckpt_path == "last":
             path = self._checkpoint_dir() / "last.ckpt"
             if not path.is_file():

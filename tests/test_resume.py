@@ -37,12 +37,14 @@ def test_resume_in_fresh_process_matches_unbroken_run(run_plmkit, tmp_path: Path
     code, _, err = run_plmkit("fit", *COMMON, "--trainer.max_steps", "20",
                               "--trainer.default_root_dir", whole)
     assert code == 0, err[-2000:]
+    # --ckpt_path auto (a scheduler's re-submitted command): starts fresh in an empty folder,
+    # resumes from last.ckpt once there is one
     code, _, err = run_plmkit("fit", *COMMON, "--trainer.max_steps", "10",
-                              "--trainer.default_root_dir", half)
+                              "--trainer.default_root_dir", half, "--ckpt_path", "auto")
     assert code == 0, err[-2000:]
     resumed = subprocess.run(
         [sys.executable, "-m", "plmkit", "fit", *COMMON, "--trainer.max_steps", "20",
-         "--trainer.default_root_dir", str(half), "--ckpt_path", "last"],
+         "--trainer.default_root_dir", str(half), "--ckpt_path", "auto"],
         capture_output=True, text=True, env=dict(os.environ), timeout=900,
     )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
