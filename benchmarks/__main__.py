@@ -168,6 +168,19 @@ def main(argv: list[str] | None = None) -> int:
     everything.add_argument("--skip", nargs="*", default=[],
                             choices=("variants", "collators", "loader", "scaling"),
                             help="sections to leave out")
+    data = sub.add_parser("data", help="tokenization MB/s, peak memory and time to first "
+                          "step against corpus size (synthetic corpora)")
+    data.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 4000],
+                      help="corpus sizes in MB of text (default 100 1000 4000)")
+    data.add_argument("--num-proc", type=int, default=None,
+                      help="tokenizer processes (default: plmkit's, every core)")
+    data.add_argument("--workdir", default="/tmp/plmkit-data-scale",
+                      help="where corpora and caches are written, one size at a time")
+    data.add_argument("--output", default=None,
+                      help="replace the data section of this results file and regenerate "
+                           "--docs from it")
+    data.add_argument("--docs", default=str(report.DOCS),
+                      help="page regenerated with --output (default docs/benchmarks.md)")
     rep = sub.add_parser("report", help="regenerate docs/benchmarks.md from results files")
     rep.add_argument("results", nargs="*", help="results files (default benchmarks/results/*)")
     rep.add_argument("--docs", default=str(report.DOCS), help="page to write")
@@ -184,6 +197,12 @@ def main(argv: list[str] | None = None) -> int:
             _merge(Path(args.output), result, Path(args.docs))
     elif args.command in ("collators", "loader"):
         result = run_data(args, args.command, tuple(args.method or COLLATOR_METHODS))
+    elif args.command == "data":
+        from benchmarks import data_scale
+
+        result = data_scale.run(args.sizes, Path(args.workdir), args.num_proc)
+        if args.output:
+            _merge(Path(args.output), result, Path(args.docs), section="data_scale")
     elif args.command == "scaling":
         result = run_scaling(args)
         if args.output:

@@ -126,6 +126,12 @@ def scaling_table(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def data_scale_table(results: dict[str, Any]) -> list[str]:
+    from benchmarks.data_scale import table
+
+    return table(results.get("data_scale", []))
+
+
 def environment_lines(results: dict[str, Any]) -> list[str]:
     env = results["environment"]
     peak = env.get("matmul_peak_gflops", {}).get("float32")
@@ -160,7 +166,8 @@ def render(all_results: list[dict[str, Any]]) -> str:
                     ("torch.compile and bf16 autocast", variant_table),
                     ("Collators alone (batch 128, seq 128, one process)", collator_table),
                     ("Loader against the training step", loader_table),
-                    ("Scaling", scaling_table))
+                    ("Scaling", scaling_table),
+                    ("Data at scale", data_scale_table))
         for name, fn in sections:
             table = fn(results)
             if len(table) > 2:

@@ -167,8 +167,9 @@ def token_stream(corpus: Any, docs: np.ndarray, before: list[int], after: list[i
         s, e = int(starts[d]), int(ends[d])
         if e <= s:
             continue
-        pieces += [pre, np.asarray(corpus.ids[s:e], dtype=np.int64), post]
-        words += [ones_pre, np.asarray(corpus.word_start[s:e], dtype=bool), ones_post]
+        tokens = corpus.read(s, e)  # a document lies in one shard of the cache
+        pieces += [pre, tokens["ids"], post]
+        words += [ones_pre, tokens["word_start"], ones_post]
     return np.concatenate(pieces), np.concatenate(words)
 
 

@@ -10,9 +10,11 @@ the parser built by :func:`_top_parser`. Argument errors become one line,
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import sys
+from argparse import _SubParsersAction
 from pathlib import Path
 from typing import Any, Literal, NoReturn
 
@@ -86,8 +88,28 @@ class _Parser(ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
-        flags = {a.dest: a.option_strings[-1] for a in self._actions if a.option_strings}
-        raise argument_error(message, self.prog.replace(" [options]", ""), flags) from ex
+        names = _names(self)
+        flags = {key: flag for key, (flag, _) in names.items()}
+        # the top parser reports a subcommand's missing arguments (compare.budget): name the
+        # subcommand, as its --help lists them
+        progs = [prog for key, (_, prog) in names.items() if "." in key and key in message]
+        command = max(progs, key=len, default=self.prog)
+        raise argument_error(message, command.replace(" [options]", ""), flags) from ex
+
+
+def _names(parser: ArgumentParser, prefix: str = "") -> dict[str, tuple[str, str]]:
+    """Each key of ``parser`` and of its subcommands (``compare.budget``) -> what a user types
+    for it (``--budget``; a positional argument's name) and the command it belongs to."""
+    names: dict[str, tuple[str, str]] = {}
+    for action in parser._actions:
+        if isinstance(action, _SubParsersAction):
+            for name, subparser in action.choices.items():
+                names |= _names(subparser, f"{prefix}{name}.")
+        elif action.option_strings:
+            names[prefix + action.dest] = (action.option_strings[-1], parser.prog)
+        else:
+            names[prefix + action.dest] = (str(action.metavar or action.dest), parser.prog)
+    return names
 
 
 def _command(sub: Any, name: str, help: str, config: bool = True, **kwargs: Any) -> _Parser:
@@ -97,6 +119,7 @@ def _command(sub: Any, name: str, help: str, config: bool = True, **kwargs: Any)
         parser.add_argument("--config", action=ActionConfigFile,
                             help="a YAML file with this command's options (see --print_config)")
     sub.add_subcommand(name, parser, help=help)
+    parser.prog = f"{sub.parent_parser.prog} {name}"  # jsonargparse's: 'plmkit [options] NAME'
     return parser
 
 
@@ -171,8 +194,9 @@ def _add_evaluation_options(parser: ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int | None, default=None,
                         help="passes over the training examples (default: 3, probe: 30)")
     parser.add_argument("--lr", type=float | None, default=None,
-                        help="peak learning rate (default: 1e-3, probe: 3e-3; base-sized "
-                        "models fine-tune better with 2e-5 to 1e-4)")
+                        help="peak learning rate (default, fine-tuning: by the encoder's width, "
+                        "1e-3 at hidden size 128, 3e-4 at 256, 1e-4 up to 768, 5e-5 above; "
+                        "probe: 3e-3)")
     parser.add_argument("--batch-size", type=int | None, default=None,
                         help="examples per step (default: 32, probe: 256)")
     parser.add_argument("--pooling", type=Literal["cls", "mean", "last"] | None, default=None,
@@ -180,6 +204,12 @@ def _add_evaluation_options(parser: ArgumentParser) -> None:
                         "the model type's plugin chooses, else mean; cls: the first token, "
                         "last: the last real token)")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--seeds", type=int, default=1, metavar="N",
+                        help="train N times (seeds SEED, SEED+1, ...) and report the mean, the "
+                        "standard deviation and min-max of the scores")
+    parser.add_argument("--val-fraction", type=float, default=0.1, metavar="F",
+                        help="hold out this seeded fraction of the training examples and score "
+                        "the epoch with the best validation accuracy; 0: the last epoch")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--accelerator", type=str, default="auto",
                         help="where to train: auto (a GPU when there is one), cpu, gpu ...")
@@ -231,6 +261,9 @@ def _add_compare(sub: Any) -> None:
                         help="extra 'plmkit fit' flags for every recipe, one quoted string")
     parser.add_argument("--no-random-init", action="store_true",
                         help="skip the compute-0 point (the architecture from random init)")
+    parser.add_argument("--retrain", action="store_true",
+                        help="pretrain again even where OUT/RECIPE holds checkpoints of the same "
+                        "recipe, fit args, budget and points (by default they are reused)")
     _add_evaluation_options(parser)
 
 
@@ -244,7 +277,6 @@ def _add_tokenizer(sub: Any) -> None:
         "it as a Hugging Face tokenizer folder, usable as --data.tokenizer DIR.",
         epilog=TOKENIZER_HELP,
     )
-    train.prog = "plmkit tokenizer train"
     train.add_argument("corpus", type=str, nargs="+", metavar="CORPUS",
                        help="'bundled', .txt/.jsonl/.parquet files (gz allowed), folders or globs")
     train.add_argument("--type", type=Literal["wordpiece", "bpe", "unigram"],
@@ -313,7 +345,8 @@ def _eval_config(args: Any):
         probe=args.probe, pooling=args.pooling, max_length=args.max_length,
         max_train=args.max_train or None, epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, seed=args.seed, progress=not args.no_progress,
-        accelerator=args.accelerator, precision=args.precision,
+        accelerator=args.accelerator, precision=args.precision, seeds=args.seeds,
+        val_fraction=args.val_fraction,
     )
 
 
@@ -345,7 +378,7 @@ def cmd_compare(args: Any) -> int:
     report = compare(
         args.recipes, budget, args.out, points=args.points, task=args.task,
         config=_eval_config(args), fit_args=shlex.split(args.fit_args),
-        random_init=not args.no_random_init,
+        random_init=not args.no_random_init, retrain=args.retrain,
     )
     print(report.markdown())
     print(f"wrote {report.paths['markdown']}, {report.paths['plot']} and "
@@ -358,7 +391,7 @@ def cmd_tokenizer(args: Any) -> int:
         _top_parser().parse_args(["tokenizer", "--help"])
         return 0
     args = args.train
-    from plmkit.data.corpus import load_documents
+    from plmkit.data.corpus import read_documents
     from plmkit.data.tokenizer import train_tokenizer
 
     if args.vocab_size < 16:
@@ -367,14 +400,11 @@ def cmd_tokenizer(args: Any) -> int:
     if out.exists() and not out.is_dir():
         raise PlmkitError(f"--out {out} is a file; pass a folder")
     corpus = args.corpus[0] if len(args.corpus) == 1 else args.corpus
-    docs = load_documents(corpus, args.text_field, args.line_per_document)
-    if args.max_documents is not None:
-        docs = docs.select(range(min(args.max_documents, len(docs))))
-    print(f"training a {args.type} tokenizer (vocab {args.vocab_size}) on {len(docs)} documents",
-          file=sys.stderr)
-    tokenizer = train_tokenizer(iter(docs["text"]), args.type, args.vocab_size,
-                                lowercase=not args.no_lowercase, length=len(docs),
-                                show_progress=True)
+    docs = read_documents(corpus, args.text_field, args.line_per_document)
+    docs = itertools.islice(docs, args.max_documents)
+    print(f"training a {args.type} tokenizer (vocab {args.vocab_size})", file=sys.stderr)
+    tokenizer = train_tokenizer((text for text, _ in docs), args.type, args.vocab_size,
+                                lowercase=not args.no_lowercase, show_progress=True)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(str(out))
     print(f"saved a {args.type} tokenizer with {len(tokenizer)} entries to {out}; "

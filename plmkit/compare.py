@@ -20,14 +20,20 @@
    of the same architecture from random initialization.
 
 It writes ``OUT/compare.md`` (a markdown table), ``OUT/compare.png`` (score against compute,
-one line per recipe) and ``OUT/compare.json``. Validation during pretraining is off
+one line per recipe) and ``OUT/compare.json``; every point carries the FLOPs, the tokens seen
+and the wall time of pretraining up to it. Validation during pretraining is off
 (``--trainer.limit_val_batches 0``) so that it does not eat into a time budget.
+
+A recipe's pretraining is reused when ``OUT/<recipe>/compare-run.json`` says it was made with
+the same resolved config (recipe, ``--fit-args``, corpus path), budget and points and its
+checkpoints are all there; ``retrain`` (``--retrain``) pretrains again.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
+import logging
 import re
 import shlex
 import shutil
@@ -38,9 +44,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from plmkit.errors import PlmkitError
-from plmkit.evaluate import EvalConfig, Task, load_task, score_model
+from plmkit.evaluate import EvalConfig, EvalResult, Task, load_task, score_model
+
+log = logging.getLogger("plmkit")
 
 _MARKER = ".plmkit-compare"
+_RUN_FILE = "compare-run.json"
 _TIME_UNITS = {"s": 1, "sec": 1, "secs": 1, "second": 1, "seconds": 1, "m": 60, "min": 60,
                "mins": 60, "minute": 60, "minutes": 60, "h": 3600, "hr": 3600, "hrs": 3600,
                "hour": 3600, "hours": 3600}
@@ -134,7 +143,12 @@ def cost_model(config: dict[str, Any]) -> CostModel:
 
 @dataclass
 class Point:
-    """One evaluated checkpoint (step 0: the architecture from random initialization)."""
+    """One evaluated checkpoint (step 0: the architecture from random initialization).
+
+    ``tokens`` and ``flops`` are counted up to the checkpoint; ``minutes`` is training time
+    (time budgets only), ``wall_minutes`` the wall time from the start of pretraining (setup
+    included) to the checkpoint. ``accuracy`` and ``macro_f1`` are means over the seeds.
+    """
 
     recipe: str
     objective: str
@@ -144,6 +158,11 @@ class Point:
     accuracy: float
     macro_f1: float
     checkpoint: str | None
+    tokens: int = 0
+    wall_minutes: float = 0.0
+    accuracy_std: float = 0.0
+    macro_f1_std: float = 0.0
+    per_seed: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -159,6 +178,7 @@ class Report:
     points: list[Point] = field(default_factory=list)
     costs: dict[str, CostModel] = field(default_factory=dict)
     fit_seconds: dict[str, float] = field(default_factory=dict)
+    reused: dict[str, bool] = field(default_factory=dict)
     paths: dict[str, str] = field(default_factory=dict)
 
     def final(self) -> list[Point]:
@@ -175,29 +195,33 @@ class Report:
         lines = [
             f"Budget: {self.budget} per recipe. Task: {self.task} ({self.split} split), "
             f"{cfg.mode}, max_train {cfg.max_train or 'all'}, max_length {cfg.max_length}, "
-            f"seed {cfg.seed}. Date: {self.date}.",
+            f"{_seeds_text(cfg)}. Date: {self.date}.",
             "",
             f"Command: `{self.command}`",
             "",
         ]
         timed = self.budget.kind == "time"
         lines += [
-            "| recipe | objective | step | compute (FLOPs) |" + (" train min |" if timed else "")
-            + " accuracy | macro-F1 |",
-            "|---|---|---:|---:|" + ("---:|" if timed else "") + "---:|---:|",
+            "| recipe | objective | step | tokens | compute (FLOPs) | wall min |"
+            + (" train min |" if timed else "") + " accuracy | macro-F1 |",
+            "|---|---|---:|---:|---:|---:|" + ("---:|" if timed else "") + "---:|---:|",
         ]
+        spread = self.config.seeds > 1
         for p in self.points:
             step = "0 (random init)" if p.checkpoint is None else str(p.step)
             minutes = f" {p.minutes or 0.0:.2f} |" if timed else ""
-            lines.append(f"| {p.recipe} | {p.objective} | {step} | {p.flops:.3g} |{minutes} "
-                         f"{p.accuracy:.4f} | {p.macro_f1:.4f} |")
+            accuracy = f"{p.accuracy:.4f}" + (f" ± {p.accuracy_std:.4f}" if spread else "")
+            f1 = f"{p.macro_f1:.4f}" + (f" ± {p.macro_f1_std:.4f}" if spread else "")
+            lines.append(f"| {p.recipe} | {p.objective} | {step} | {p.tokens:,} | "
+                         f"{p.flops:.3g} | {p.wall_minutes:.2f} |{minutes} {accuracy} | {f1} |")
         lines.append("")
         for recipe, cost in self.costs.items():
             seconds = self.fit_seconds.get(recipe, 0.0)
+            reused = ", reused from an earlier run" if self.reused.get(recipe) else ""
             lines.append(
                 f"- {recipe}: {cost.flops_per_token:.3g} training FLOPs per token, "
                 f"{cost.tokens_per_step} tokens per step, pretraining took {seconds / 60:.1f} "
-                "min of wall time (setup included)."
+                f"min of wall time (setup included){reused}."
             )
         final = self.final()
         if final:
@@ -212,8 +236,14 @@ class Report:
             "command": self.command, "date": self.date,
             "points": [asdict(p) for p in self.points],
             "costs": {k: asdict(v) for k, v in self.costs.items()},
-            "fit_seconds": self.fit_seconds,
+            "fit_seconds": self.fit_seconds, "reused": self.reused,
         }
+
+
+def _seeds_text(cfg: EvalConfig) -> str:
+    if cfg.seeds == 1:
+        return f"seed {cfg.seed}"
+    return f"seeds {cfg.seed}-{cfg.seed + cfg.seeds - 1} (mean ± std)"
 
 
 def plot(report: Report, path: Path) -> Path:
@@ -277,11 +307,17 @@ def _hms(seconds: float) -> str:
     return f"{s // 86400:02d}:{s % 86400 // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
+#: a kept checkpoint: its path, step, training minutes (time budgets) and wall seconds since the
+#: start of pretraining
+Kept = tuple[Path, int, float | None, float]
+
+
 def pretrain(
     recipe: str, budget: Budget, cost: CostModel, run_dir: Path, points: int,
     fit_args: list[str], progress: bool,
-) -> list[tuple[Path, int, float | None]]:
-    """Pretrain ``recipe`` under ``budget``; ``[(checkpoint, step, minutes or None), ...]``."""
+) -> list[Kept]:
+    """Pretrain ``recipe`` under ``budget``; the checkpoints it kept, by step."""
+    start, wall = time.perf_counter(), time.time()
     base = ["--trainer.default_root_dir", str(run_dir),
             "--trainer.limit_val_batches", "0",
             "--trainer.enable_progress_bar", str(progress).lower()]
@@ -294,7 +330,8 @@ def pretrain(
               "--checkpoint.save_top_k", "-1"])
         found = [p for p in (run_dir / "checkpoints").glob("*.ckpt") if p.name != "last.ckpt"]
         by_step = {_step_of(p): p for p in found}
-        return [(by_step[s], s, None) for s in sorted(by_step) if s > 0]
+        return [(by_step[s], s, None, max(0.0, by_step[s].stat().st_mtime - wall))
+                for s in sorted(by_step) if s > 0]
     kept = []
     for k in range(1, points + 1):
         seconds = budget.value * k / points
@@ -307,8 +344,46 @@ def pretrain(
         stage = run_dir / "points" / f"stage{k}.ckpt"
         stage.parent.mkdir(exist_ok=True)
         shutil.copyfile(last, stage)
-        kept.append((stage, _step_of(stage), seconds / 60))
+        kept.append((stage, _step_of(stage), seconds / 60, time.perf_counter() - start))
     return kept
+
+
+def _run_key(name: str, config: dict[str, Any], budget: Budget, points: int) -> dict[str, Any]:
+    """What makes two pretraining runs the same, as JSON would read it back."""
+    key = {"recipe": name, "budget": asdict(budget), "points": points, "config": config}
+    return json.loads(json.dumps(key, sort_keys=True, default=str))
+
+
+def _saved_run(run_dir: Path, key: dict[str, Any]) -> tuple[list[Kept], float] | None:
+    """The checkpoints and wall seconds of an earlier pretraining with ``key``, if all there."""
+    try:
+        saved = json.loads((run_dir / _RUN_FILE).read_text(encoding="utf-8"))
+        if saved["key"] != key:
+            return None
+        kept = [(run_dir / k["checkpoint"], int(k["step"]), k["minutes"],
+                 float(k["wall_seconds"])) for k in saved["kept"]]
+        seconds = float(saved["fit_seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return (kept, seconds) if kept and all(k[0].is_file() for k in kept) else None
+
+
+def _save_run(run_dir: Path, key: dict[str, Any], kept: list[Kept], seconds: float) -> None:
+    kept_json = [{"checkpoint": str(path.relative_to(run_dir)), "step": step,
+                  "minutes": minutes, "wall_seconds": wall} for path, step, minutes, wall in kept]
+    (run_dir / _RUN_FILE).write_text(json.dumps(
+        {"key": key, "kept": kept_json, "fit_seconds": seconds}, indent=2) + "\n")
+
+
+def _point(name: str, cost: CostModel, step: int, result: EvalResult, minutes: float | None,
+           wall_seconds: float, checkpoint: Path | None) -> Point:
+    spread = result.spread
+    return Point(name, cost.objective, step, step * cost.flops_per_step, minutes,
+                 result.accuracy, result.macro_f1, str(checkpoint) if checkpoint else None,
+                 tokens=step * cost.tokens_per_step, wall_minutes=wall_seconds / 60,
+                 accuracy_std=spread["accuracy"]["std"], macro_f1_std=spread["macro_f1"]["std"],
+                 per_seed=[{"seed": r.seed, "accuracy": r.accuracy, "macro_f1": r.macro_f1,
+                            "epoch": r.epoch} for r in result.runs])
 
 
 def compare(
@@ -320,12 +395,15 @@ def compare(
     config: EvalConfig | None = None,
     fit_args: list[str] | None = None,
     random_init: bool = True,
+    retrain: bool = False,
 ) -> Report:
-    """Pretrain every recipe under ``budget``, evaluate ``points`` checkpoints of each (and the
-    random-init architecture at compute 0), write ``compare.md/.png/.json`` into ``out``."""
+    """Pretrain every recipe under ``budget`` (or reuse the pretraining an earlier call made
+    with the same settings, unless ``retrain``), evaluate ``points`` checkpoints of each (and
+    the random-init architecture at compute 0), write ``compare.md/.png/.json`` into ``out``."""
     from plmkit.lightning_cli import resolve_recipe
 
     cfg = config or EvalConfig()
+    cfg.check()  # before any pretraining
     fit_args = list(fit_args or [])
     if not recipes:
         raise PlmkitError("no recipes to compare: pass --recipes NAME [NAME ...]")
@@ -345,21 +423,28 @@ def compare(
         cost = cost_model(config_dict)
         report.costs[name] = cost
         run_dir = out / name
-        _prepare_run_dir(run_dir)
-        start = time.perf_counter()
-        kept = pretrain(recipe, budget, cost, run_dir, points, fit_args, cfg.progress)
-        report.fit_seconds[name] = time.perf_counter() - start
-        if not kept:
-            raise PlmkitError(f"pretraining {name} kept no checkpoint in {run_dir}")
+        key = _run_key(name, config_dict, budget, points)
+        saved = None if retrain else _saved_run(run_dir, key)
+        if saved:
+            kept, report.fit_seconds[name] = saved
+            log.info("%s: reusing the pretraining in %s (same recipe, fit args, budget and "
+                     "points); pass --retrain to pretrain again", name, run_dir)
+        else:
+            _prepare_run_dir(run_dir)
+            start = time.perf_counter()
+            kept = pretrain(recipe, budget, cost, run_dir, points, fit_args, cfg.progress)
+            report.fit_seconds[name] = time.perf_counter() - start
+            if not kept:
+                raise PlmkitError(f"pretraining {name} kept no checkpoint in {run_dir}")
+            _save_run(run_dir, key, kept, report.fit_seconds[name])
+        report.reused[name] = bool(saved)
         if random_init:
             result = score_model(kept[0][0], loaded, cfg, f"{name} random init", True)
-            report.points.append(Point(name, cost.objective, 0, 0.0, 0.0 if budget.kind ==
-                                       "time" else None, result.accuracy, result.macro_f1,
-                                       None))
-        for path, step, minutes in kept:
+            report.points.append(_point(name, cost, 0, result, 0.0 if budget.kind == "time"
+                                        else None, 0.0, None))
+        for path, step, minutes, wall in kept:
             result = score_model(path, loaded, cfg, f"{name}@{step}")
-            report.points.append(Point(name, cost.objective, step, step * cost.flops_per_step,
-                                       minutes, result.accuracy, result.macro_f1, str(path)))
+            report.points.append(_point(name, cost, step, result, minutes, wall, path))
     report.paths = {"markdown": str(out / "compare.md"), "plot": str(out / "compare.png"),
                     "json": str(out / "compare.json")}
     Path(report.paths["markdown"]).write_text(report.markdown(), encoding="utf-8")
@@ -375,6 +460,6 @@ def _budget_text(budget: Budget) -> str:
         f"{budget.value / 60:g}min")
 
 
-__all__ = ["Budget", "CostModel", "Point", "Report", "compare", "cost_model", "parse_budget",
-           "plot", "pretrain", "resolved_config"]
+__all__ = ["Budget", "CostModel", "Kept", "Point", "Report", "compare", "cost_model",
+           "parse_budget", "plot", "pretrain", "resolved_config"]
 

@@ -45,6 +45,12 @@ def argument_error(message: str, command: str, flags: dict[str, str] | None = No
         if given and "Got value" not in reason:
             reason = f"{reason}, got {given!r}"
         text = f"invalid value for {key}: {reason}"
+    elif lines and lines[0].startswith(_REQUIRED):  # keys as the flags a user types
+        names = [name.strip() for name in lines[0][len(_REQUIRED):].split(",")]
+        text = _REQUIRED + ", ".join((flags or {}).get(name, name) for name in names)
     else:
         text = lines[0] if lines else "invalid arguments"
     return PlmkitError(f"{text}; run '{command} --help'")
+
+
+_REQUIRED = "the following arguments are required: "

@@ -119,6 +119,13 @@ def select_exact(
     return take.gather(1, unit_ids.clamp(min=0)) & (unit_ids >= 0)
 
 
+def random_choice(mask: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """One uniformly random True position per row of ``mask`` (B, N): ``(index, found)``;
+    ``found`` is False (and ``index`` meaningless) where a row has none."""
+    keys = torch.rand(mask.shape, generator=generator).masked_fill(~mask, -1.0)
+    return keys.argmax(dim=1), mask.any(dim=1)
+
+
 def select_bernoulli(
     candidates: Tensor,
     rate: float,
@@ -421,8 +428,7 @@ def select_geometric_spans(
         active = available.any(dim=1)
         if not bool(active.any()):
             break
-        keys = torch.rand(batch, length, generator=generator).masked_fill(~available, -1.0)
-        anchor = keys.argmax(dim=1)
+        anchor, _ = random_choice(available, generator)
         n = _sample_lengths(law, batch, generator) + min_len
         first = words.index[rows, anchor]
         end = torch.minimum(first + n, words.next_invalid[rows, first])

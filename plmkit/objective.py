@@ -14,7 +14,9 @@ A method supplies, by overriding the abstract methods below:
   * ``export``             how to write it in Hugging Face format; ``save_pretrained`` default.
 
 Optional hooks with defaults: ``block_length``, ``special_tokens``, ``max_positions`` (the
-longest input the model supports; checked against ``data.max_length`` before training).
+longest input the model supports; checked against ``data.max_length`` before training),
+``pretrained_modules`` (what ``init_from`` loads from a Hugging Face folder, see
+:mod:`plmkit.pretrained`; default: the exported model).
 
 Distribution (see :mod:`plmkit.distributed` and docs/distributed.md) is the strategy's business:
 ``configure_model`` shards the model with FSDP2 when Lightning's ``ModelParallelStrategy``
@@ -109,6 +111,11 @@ class Objective(L.LightningModule, ABC):
     #: ``"document"``: blocks never cross a document boundary (pairs, NSP/SOP);
     #: ``"stream"``: documents are concatenated with a separator and cut into full blocks.
     packing: ClassVar[Packing] = "document"
+    #: for ``init_from``: the transformers config fields that fix the model's shape, each with
+    #: the option (``--model.OPTION``) that sets it, or None when no option does; they must
+    #: agree with the folder's config.json, other differing fields (activation, epsilon) are
+    #: logged and the recipe's value is used. None: every field must agree.
+    shape_fields: ClassVar[dict[str, str | None] | None] = None
 
     def __init__(
         self,
@@ -116,6 +123,7 @@ class Objective(L.LightningModule, ABC):
         compile: bool = False,
         on_nonfinite: OnNonFinite = "stop",
         activation_checkpointing: bool = False,
+        init_from: str | None = None,
     ) -> None:
         """
         Args:
@@ -129,9 +137,17 @@ class Objective(L.LightningModule, ABC):
                 ``train/nonfinite_skipped`` counts them; after 100 in a row the run stops).
             activation_checkpointing: recompute each block (``block_classes``) in the
                 backward pass instead of storing its activations.
+            init_from: continue pretraining from a local Hugging Face folder (``plmkit
+                export`` output or any ``save_pretrained`` folder of this method's
+                architecture): its tokenizer and weights are used, the recipe's sizes must be
+                the folder's, heads it lacks start fresh (docs/continue_pretraining.md).
         """
         super().__init__()
         self.save_hyperparameters(frame=_outermost_init_frame(self))
+        # not a hyperparameter: the checkpoint holds the weights, and rebuilds from the
+        # recipe's sizes (checked equal to the folder's) without the folder
+        self.hparams.pop("init_from", None)
+        self.init_from = init_from
         if isinstance(optim, dict):
             optim = OptimConfig(**{k: tuple(v) if k == "betas" else v for k, v in optim.items()})
         self.optim = optim or OptimConfig()
@@ -202,6 +218,16 @@ class Objective(L.LightningModule, ABC):
         assert self.model is not None
         return self.model
 
+    def pretrained_modules(self) -> dict[str, nn.Module]:
+        """What ``init_from`` loads: ``{subfolder: module}``, ``""`` being the folder itself.
+
+        Each module is a transformers model, read with its ``from_pretrained``; the default is
+        the module :meth:`export` writes (``export_model``). A method whose export writes a
+        second model to a subfolder adds it here (ELECTRA's ``generator``); a missing
+        subfolder leaves that module freshly initialised.
+        """
+        return {"": self.export_model()}
+
     def export(self, out_dir: str | Path, **options: Any) -> None:
         """Write the model, its config and the tokenizer in Hugging Face format.
 
@@ -233,6 +259,10 @@ class Objective(L.LightningModule, ABC):
         # FSDPStrategy: wrap policy (and activation checkpointing) from block_classes()
         distributed.adapt_strategy(strategy, self)
         self.model = self.build_model()
+        if self.init_from is not None:  # before sharding, wrapping or compiling renames anything
+            from plmkit.pretrained import load_pretrained
+
+            load_pretrained(self)
         mesh = self._device_mesh  # set by ModelParallelStrategy before configure_model
         if mesh is not None:
             # the root unit runs compute_loss as its forward (see distributed.LossModule);

@@ -40,13 +40,18 @@ import torch
 from torch import Tensor
 
 from plmkit.collator import Collator
+from plmkit.masking import random_choice
 
 SentenceTask = Literal["nsp", "sop", "sso"]
 
 
 @dataclass
 class Segments:
-    """Model inputs built from raw examples; ``word_ids`` is -1 on special tokens."""
+    """Model inputs built from raw examples; ``word_ids`` is -1 on special tokens.
+
+    ``source_row`` / ``source_col``: where each position's token comes from in the raw rows
+    (column -1 on special tokens and padding), to gather any per-token field of the examples.
+    """
 
     input_ids: Tensor
     token_type_ids: Tensor
@@ -54,6 +59,8 @@ class Segments:
     special_mask: Tensor
     word_ids: Tensor
     sentence_label: Tensor | None
+    source_row: Tensor
+    source_col: Tensor
 
 
 def example_doc_ids(examples: Sequence[Mapping[str, Any]], width: int) -> Tensor | None:
@@ -63,12 +70,6 @@ def example_doc_ids(examples: Sequence[Mapping[str, Any]], width: int) -> Tensor
     if not all(example.get("doc_ids") is not None for example in examples):
         return None
     return Collator.pad(examples, "doc_ids", -1)[:, :width]
-
-
-def _random_choice_in_mask(mask: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """One uniformly random True position per row; ``found`` is False where a row has none."""
-    keys = torch.rand(mask.shape, generator=generator).masked_fill(~mask, -1.0)
-    return keys.argmax(dim=1), mask.any(dim=1)
 
 
 def _prefer(preferred: Tensor, fallback: Tensor) -> Tensor:
@@ -129,7 +130,7 @@ def _pair_sources(
     chunk_end = torch.maximum(reach, torch.where(second < big, second, 0))
     chunk_end = torch.minimum(chunk_end, lengths)
     within = (pos > 0) & (pos < chunk_end.unsqueeze(1))
-    split, by_sentence = _random_choice_in_mask(starts & within, generator)
+    split, by_sentence = random_choice(starts & within, generator)
     # A one-sentence chunk (no sentence start to split at) is cut at three word starts inside
     # the sentence, x < s < y, into A = [x, s) and B = [s, y), so that neither segment starts
     # (or ends) where the sentence does: x is one of its first three inner word starts, y one
@@ -160,7 +161,7 @@ def _pair_sources(
     classes = {"nsp": 2, "sop": 2, "sso": 3}[task]
     label = torch.randint(classes, (batch,), generator=generator)
     other_label = {"nsp": 1, "sop": -1, "sso": 2}[task]
-    other, has_other = _random_choice_in_mask(
+    other, has_other = random_choice(
         _other_rows(lengths, doc_ids, valid[:, :width]), generator
     )
     label = torch.where((label == other_label) & ~has_other, 0, label)
@@ -182,7 +183,7 @@ def _pair_sources(
         _prefer(fits, _prefer(fits_cap, o_starts)),
         _prefer(by_words, o_starts),
     )
-    b_start, _ = _random_choice_in_mask(candidates, generator)
+    b_start, _ = random_choice(candidates, generator)
     after = pos > b_start.unsqueeze(1)
     in_room = after & (pos <= (b_start + room).unsqueeze(1))
     in_cap = after & (pos <= (b_start + cap).unsqueeze(1))
@@ -221,12 +222,13 @@ def build_segments(
     task: SentenceTask | None = None,
     short_seq_prob: float = 0.0,
     doc_ids: Tensor | None = None,
+    pad_to: int | None = None,
 ) -> Segments:
     """Turn raw rows (B, L) into model inputs, as single segments or sentence pairs.
 
     ``doc_ids`` (B, L): each token's document (plmkit's packed blocks carry the corpus index);
     rows that share one are never each other's "other document". Without it every row is
-    its own document.
+    its own document. ``pad_to``: the output width (default: the longest input built).
     """
     batch, width = ids.shape
     rows = torch.arange(batch)
@@ -247,7 +249,7 @@ def build_segments(
         )
 
     total = a + b + torch.where(b > 0, 3, 2) if task is not None else a + 2
-    out_width = int(total.max())
+    out_width = int(total.max()) if pad_to is None else pad_to
     p = torch.arange(out_width).unsqueeze(0).expand(batch, -1)
     a_, b_ = a.unsqueeze(1), b.unsqueeze(1)
     in_first = (p >= 1) & (p <= a_)
@@ -273,4 +275,6 @@ def build_segments(
         special_mask=valid & ~content,
         word_ids=torch.where(content, words, torch.full_like(words, -1)),
         sentence_label=label,
+        source_row=src_row,
+        source_col=torch.where(content, src_col, -1),
     )

@@ -113,3 +113,101 @@ def test_export_of_a_non_checkpoint(run_plmkit, tmp_path: Path):
 def test_unknown_command(run_plmkit):
     line = _one_line_error(*run_plmkit("fitt")[::2])
     assert "fitt" in line
+
+
+def test_missing_arguments_are_named_as_typed(run_plmkit):
+    line = _one_line_error(*run_plmkit("compare", "--recipes", "bert_tiny")[::2])
+    assert "required: --budget;" in line and "compare.budget" not in line
+    assert "run 'plmkit compare --help'" in line
+    line = _one_line_error(*run_plmkit("tokenizer", "train", "bundled")[::2])
+    assert "required: --out;" in line and "run 'plmkit tokenizer train --help'" in line
+    line = _one_line_error(*run_plmkit("export")[::2])
+    assert "required: checkpoint, out_dir;" in line
+    line = _one_line_error(*run_plmkit("fit", "--trainer.max_steps", "3")[::2])
+    assert "--recipe" in line and "fit.model" not in line
+
+
+def test_usage_lines_name_the_command(run_plmkit, capsys):
+    for command in (["fit"], ["validate"], ["export"], ["evaluate"], ["compare"], ["tokenizer"],
+                    ["tokenizer", "train"], ["recipes"], ["plugins"]):
+        with pytest.raises(SystemExit) as exit_info:
+            run_plmkit(*command, "--help")
+        assert exit_info.value.code == 0
+        usage = capsys.readouterr().out.strip().splitlines()[0]
+        assert usage.startswith(f"usage: plmkit {' '.join(command)} "), usage
+
+
+def test_flags_override_the_recipe_wherever_they_stand(tmp_path: Path):
+    from plmkit.lightning_cli import resolved_config
+
+    config = resolved_config(None, ["--trainer.max_steps", "7", "--recipe", "bert_tiny",
+                                    "--data.batch_size", "3"])
+    assert config["trainer"]["max_steps"] == 7 and config["data"]["batch_size"] == 3
+    assert config["recipe"] == "bert_tiny"
+    assert config["model"]["init_args"]["encoder"]["size"] == "tiny"  # from the recipe
+    other = tmp_path / "other.yaml"
+    other.write_text("trainer:\n  max_steps: 9\n")
+    config = resolved_config(None, ["--config", str(other), "--recipe=bert_tiny"])
+    assert config["trainer"]["max_steps"] == 9  # --config too
+
+
+def test_default_precision(monkeypatch):
+    import torch
+
+    from plmkit.lightning_cli import default_precision, resolved_config
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert default_precision() == default_precision("gpu") == "bf16-mixed"
+    assert default_precision("cpu") == "32-true"
+    assert resolved_config("bert_tiny")["trainer"]["precision"] == "bf16-mixed"
+    cpu = resolved_config("bert_tiny", ["--trainer.accelerator", "cpu"])
+    assert cpu["trainer"]["precision"] == "32-true"
+    given = resolved_config("bert_tiny", ["--trainer.precision", "16-mixed"])
+    assert given["trainer"]["precision"] == "16-mixed"
+    # bf16 only emulated (V100, T4): slower than fp32
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported",
+                        lambda including_emulation=True: including_emulation)
+    assert default_precision() == "32-true"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert default_precision() == "32-true"
+
+
+def test_loggers_from_the_command_line_write_to_the_run_folder(tiny_fit, tmp_path: Path,
+                                                                monkeypatch):
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    loggers = [
+        {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+         "init_args": {"default_hp_metric": False}},
+        {"class_path": "lightning.pytorch.loggers.CSVLogger",
+         "init_args": {"flush_logs_every_n_steps": 1}},
+    ]
+    run_dir = tiny_fit("bert_tiny", "--trainer.logger", json.dumps(loggers), steps=2)
+    version = run_dir / "logs" / "version_0"
+    assert (version / "metrics.csv").is_file()
+    assert list(version.glob("events.out.tfevents.*"))
+    assert [p.name for p in tmp_path.iterdir()] == [run_dir.name]  # no ./lightning_logs
+
+
+def test_other_loggers_are_placed_in_the_run_folder(run_plmkit, tmp_path: Path):
+    """W&B and MLflow (not installed: parsed and placed, not started) log under logs/."""
+    import importlib.util
+
+    from plmkit.lightning_cli import PlmkitCLI
+
+    loggers = '[{"class_path": "WandbLogger"}, {"class_path": "MLFlowLogger"}, "CSVLogger"]'
+    cli = PlmkitCLI(["fit", "--recipe", "bert_tiny", "--trainer.logger", loggers,
+                     "--trainer.default_root_dir", str(tmp_path)], parse_only=True)
+    trainer = cli.config["fit"]["trainer"]
+    cli._place_loggers(trainer)
+    placed = {logger.class_path.rsplit(".", 1)[1]: logger.init_args for logger in trainer.logger}
+    assert placed["WandbLogger"].save_dir == str(tmp_path / "logs")
+    assert placed["MLFlowLogger"].save_dir == str(tmp_path / "logs" / "mlruns")
+    assert (placed["CSVLogger"].save_dir, placed["CSVLogger"].name) == (str(tmp_path), "logs")
+    if importlib.util.find_spec("wandb") is None:
+        line = _one_line_error(*run_plmkit("fit", "--recipe", "bert_tiny", "--trainer.logger",
+                                           "WandbLogger", "--trainer.default_root_dir",
+                                           tmp_path / "wb")[::2])
+        assert "not installed" in line and "wandb" in line

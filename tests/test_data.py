@@ -20,6 +20,11 @@ from plmkit.data.preprocess import tokenize_corpus
 from plmkit.data.tokenizer import load_tokenizer, train_tokenizer
 from plmkit.errors import PlmkitError
 
+
+def _texts(docs):
+    return [text for text, _ in docs]
+
+
 DOCS = ["The cat sat.\nIt purred.", "Dogs bark loudly.\nThey run.\nThey sleep.", "One line."]
 
 
@@ -28,9 +33,9 @@ def test_txt_paragraphs_lines_gzip_folder_glob(tmp_path: Path):
     (tmp_path / "a.txt").write_text(text)
     with gzip.open(tmp_path / "b.txt.gz", "wt") as f:
         f.write(text)
-    assert load_documents(str(tmp_path / "a.txt"))["text"][:] == DOCS
+    assert _texts(load_documents(str(tmp_path / "a.txt"))) == DOCS
     assert len(load_documents(str(tmp_path / "a.txt"), line_per_document=True)) == 6
-    assert load_documents(str(tmp_path / "b.txt.gz"))["text"][:] == DOCS
+    assert _texts(load_documents(str(tmp_path / "b.txt.gz"))) == DOCS
     assert len(load_documents(str(tmp_path))) == 6  # a folder: both files
     assert len(load_documents(str(tmp_path / "*.txt*"))) == 6  # a glob
     assert len(load_documents([str(tmp_path / "a.txt"), str(tmp_path / "b.txt.gz")])) == 6
@@ -39,14 +44,14 @@ def test_txt_paragraphs_lines_gzip_folder_glob(tmp_path: Path):
 def test_jsonl_parquet_and_saved_dataset(tmp_path: Path):
     rows = [{"body": d, "id": i} for i, d in enumerate(DOCS)]
     (tmp_path / "c.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
-    assert load_documents(str(tmp_path / "c.jsonl"), text_field="body")["text"][:] == DOCS
+    assert _texts(load_documents(str(tmp_path / "c.jsonl"), text_field="body")) == DOCS
     with pytest.raises(PlmkitError, match="text_field"):
         load_documents(str(tmp_path / "c.jsonl"))
     ds = datasets.Dataset.from_list(rows)
     ds.to_parquet(str(tmp_path / "d.parquet"))
-    assert load_documents(str(tmp_path / "d.parquet"), text_field="body")["text"][:] == DOCS
+    assert _texts(load_documents(str(tmp_path / "d.parquet"), text_field="body")) == DOCS
     ds.rename_column("body", "text").save_to_disk(str(tmp_path / "saved"))
-    assert load_documents(str(tmp_path / "saved"))["text"][:] == DOCS
+    assert _texts(load_documents(str(tmp_path / "saved"))) == DOCS
 
 
 def test_undecodable_bytes_are_replaced_and_counted(tmp_path: Path, caplog):
@@ -54,7 +59,7 @@ def test_undecodable_bytes_are_replaced_and_counted(tmp_path: Path, caplog):
     path.write_bytes("caf\u00e9 ok\n\nna\u00efve text\n".encode("latin-1"))
     with caplog.at_level(logging.WARNING, logger="plmkit"):
         docs = load_documents(str(path))
-    assert len(docs) == 2 and "\ufffd" in docs[0]["text"]
+    assert len(docs) == 2 and "\ufffd" in docs[0][0]
     assert any("2 undecodable" in r.getMessage() for r in caplog.records)
 
 
@@ -97,7 +102,8 @@ def test_tokenized_corpus_is_cached(tmp_path: Path):
     dm2 = PretrainDataModule(corpus=str(corpus), vocab_size=300, cache_dir=str(tmp_path / "c"))
     second = dm2.prepare(_StubObjective())
     assert dm2.cache_hit is True
-    assert np.array_equal(first.ids, second.ids)
+    assert len(first.shards) == len(second.shards) == 1
+    assert np.array_equal(first.shards[0].ids, second.shards[0].ids)
     assert first.num_documents == 150
     # a change to the corpus invalidates the cache
     corpus.write_text("\n\n".join(DOCS * 51))

@@ -239,7 +239,7 @@ def test_entity_spans_from_a_jsonl_corpus(tmp_path, tokenizer):
                             val_fraction=0.0, cache_dir=str(tmp_path / "cache"))
     dm.use_tokenizer(tokenizer)
     corpus_arrays = dm.prepare(ErnieObjective(lexicon="none"))
-    assert corpus_arrays.entity_id is not None
+    assert corpus_arrays.has_entities
     dataset = BlockDataset(pack(corpus_arrays, np.arange(corpus_arrays.num_documents), 125))
     name_ids = {tuple(tokenizer(n, add_special_tokens=False)["input_ids"]) for n in names}
     spans = 0
@@ -313,3 +313,22 @@ def test_training_lowers_loss_and_exports(tiny_fit, export_run, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(out)
     hidden = model(**tokenizer(["New York City"], return_tensors="pt")).last_hidden_state
     assert hidden.shape[-1] == 128 and torch.isfinite(hidden).all()
+
+
+def test_stream_packing_never_masks_the_separators_inside_a_block(tokenizer, make_examples,
+                                                                  matcher):
+    from plmkit.plugins.ernie.model import ErnieObjective
+
+    objective = ErnieObjective(sentence_task=None, packing="stream", lexicon="none")
+    objective.attach_tokenizer(tokenizer, 64)
+    collator = objective.build_collator(seed=3)
+    examples = make_examples(62, "stream", n=64)
+    inner = sum(int((e["input_ids"] == tokenizer.sep_token_id).sum()) for e in examples)
+    assert inner > 10  # documents are joined by [SEP] inside the blocks
+    masked_sep = [int((b["labels"] == tokenizer.sep_token_id).sum())
+                  for b in _batches(collator, examples)]
+    assert sum(masked_sep) == 0  # a [SEP] is never a prediction target
+    collator.skip_inner_specials = False  # what ERNIE did before: they were masked
+    masked_sep = [int((b["labels"] == tokenizer.sep_token_id).sum())
+                  for b in _batches(collator, examples)]
+    assert sum(masked_sep) > 0

@@ -5,7 +5,9 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import os
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,7 @@ from plmkit.evaluate import (
     pool,
     run_evaluation,
     score_model,
+    split_train,
 )
 from plmkit.registry import get_registry
 
@@ -195,6 +198,40 @@ def test_probe_freezes_the_encoder_and_fine_tuning_trains_it(models, task_file):
             assert any(changed) is (not probe)
 
 
+def test_validation_split_is_seeded_and_apart_from_the_scored_split(task_file):
+    task = load_task(str(task_file))
+    train, val = split_train(task.train, 0.1, None, seed=0)
+    assert (len(train), len(val)) == (108, 12)
+    assert sorted(train + val) == sorted(task.train)  # taken from training, not task.eval
+    assert split_train(task.train, 0.1, None, seed=0) == (train, val)
+    capped, same_val = split_train(task.train, 0.1, 50, seed=0)
+    assert capped == train[:50] and same_val == val
+    assert split_train(task.train, 0.0, None, seed=0)[1] == []
+
+
+def test_the_scored_epoch_is_the_one_with_the_best_validation_accuracy(models, tmp_path):
+    """Shuffled labels and a large learning rate make validation accuracy jump from epoch to
+    epoch: the scored weights must be those of the best epoch, not of the last one."""
+    task = str(_write_task(tmp_path / "noisy.csv", n=200, shuffle_labels=True))
+    for seed in range(4):  # a seed whose best epoch is strictly better than the last one
+        config = EvalConfig(probe=True, pooling="mean", epochs=6, lr=1.0, val_fraction=0.25,
+                            **{**FAST, "seed": seed})
+        run = score_model(models["bert"], task, config).runs[0]
+        if run.val_history[-1] < max(run.val_history):
+            break
+    else:
+        pytest.fail(f"no seed made the last epoch worse than the best: {run.val_history}")
+    assert len(run.val_history) == len(run.val_loss) == 6
+    # the best accuracy, and of equal accuracies the lowest loss
+    assert run.epoch == 1 + max(range(6), key=lambda i: (run.val_history[i], -run.val_loss[i]))
+    assert run.val_accuracy == max(run.val_history)  # recomputed with the restored weights
+    # the probe's learning rate is constant: training only up to the chosen epoch gives the
+    # same weights, so the same test scores
+    again = score_model(models["bert"], task, replace(config, epochs=run.epoch)).runs[0]
+    assert (again.epoch, again.accuracy, again.macro_f1) == (run.epoch, run.accuracy,
+                                                             run.macro_f1)
+
+
 def test_random_init_baseline_differs_from_the_model(models):
     with model_folder(models["bert"]) as folder:
         trained, _, _ = load_encoder(folder)  # (built with seed 0 by the fixture)
@@ -250,9 +287,13 @@ def test_pooling():
 def test_every_model_family_evaluates(models, task_file, name, model_type, pooling):
     if name not in models:
         pytest.skip(f"the {name} plugin is not registered")
-    result = score_model(models[name], str(task_file), EvalConfig(probe=True, **FAST))
+    # every training example and the last epoch: 12 validation examples are too few to choose
+    # an epoch well for GPT's last-token features of a random-init model
+    config = EvalConfig(probe=True, val_fraction=0.0, **FAST)
+    result = score_model(models[name], str(task_file), config)
     assert result.extra == {"model_type": model_type, "pooling": pooling}
     assert result.num_eval == 30 and 0.0 <= result.macro_f1 <= 1.0
+    assert (result.num_train, result.num_val, result.runs[0].epoch) == (120, 0, 30)
     assert result.accuracy >= 0.5, result  # the keyword classes are linearly separable
 
 
@@ -267,16 +308,28 @@ def test_elmo_fine_tunes_through_its_scalar_mix(models, task_file):
 def test_evaluate_command_prints_scores_and_gain(run_plmkit, models, task_file, tmp_path):
     code, out, err = run_plmkit("evaluate", models["bert"], "--task", task_file, "--probe",
                                 "--pooling", "mean", "--baseline", "random", "--max-length",
-                                16, "--no-progress", "--json", tmp_path / "r.json")
+                                16, "--epochs", 10, "--seeds", 2, "--no-progress",
+                                "--json", tmp_path / "r.json")
     assert code == 0, err
     lines = out.strip().splitlines()
-    assert lines[0].split() == ["TASK", "MODEL", "MODE", "SPLIT", "ACCURACY", "MACRO_F1"]
+    assert lines[0].split() == ["TASK", "MODEL", "MODE", "SPLIT", "EPOCH", "ACCURACY",
+                                "MACRO_F1"]
     assert lines[1].split()[0] == "keywords.csv" and lines[2].split()[1:3] == ["random", "init"]
     assert "gain from pretraining" in lines[3]
     saved = json.loads((tmp_path / "r.json").read_text())
     gain = saved["score"]["accuracy"] - saved["baseline"]["accuracy"]
     assert saved["gain"]["accuracy"] == pytest.approx(gain)
     assert f"{gain:+.4f}" in lines[3]
+    for result, line in ((saved["score"], lines[1]), (saved["baseline"], lines[2])):
+        runs = result["runs"]  # --seeds 2: two runs, their mean and their spread
+        assert [r["seed"] for r in runs] == [0, 1] and all(1 <= r["epoch"] <= 10 for r in runs)
+        accuracies = [r["accuracy"] for r in runs]
+        assert result["accuracy"] == pytest.approx(sum(accuracies) / 2)
+        spread = result["spread"]["accuracy"]
+        assert (spread["min"], spread["max"]) == (min(accuracies), max(accuracies))
+        assert spread["std"] == pytest.approx(abs(accuracies[0] - accuracies[1]) / 2 ** 0.5)
+        assert f"{result['accuracy']:.4f} ± {spread['std']:.4f}" in line
+        assert f"{runs[0]['epoch']},{runs[1]['epoch']}/10" in line.split()  # the EPOCH cell
 
 
 # ----------------------------------------------------------------------------- compare
@@ -288,17 +341,17 @@ SMALL_FIT = ["--data.max_documents", "300", "--data.num_workers", "0", "--data.b
              "--trainer.enable_model_summary", "false"]
 
 
-def test_compare_with_a_flops_budget(run_plmkit, task_file, tmp_path: Path):
+def test_compare_with_a_flops_budget(run_plmkit, task_file, tmp_path: Path, monkeypatch):
     from plmkit.compare import cost_model, resolved_config
+    from plmkit.errors import PlmkitError
 
     cost = cost_model(resolved_config("bert_tiny", SMALL_FIT))
     assert cost.objective == "bert" and cost.tokens_per_step == 8 * 32
     budget = 4 * cost.flops_per_step  # 4 steps, checkpoints at 2 and 4
-    code, out, err = run_plmkit(
-        "compare", "--recipes", "bert_tiny", "--budget", f"{budget:.6e}", "--points", 2,
-        "--out", tmp_path / "cmp", "--task", task_file, "--probe", "--max-length", 16,
-        "--no-progress", "--fit-args", " ".join(SMALL_FIT),
-    )
+    args = ("compare", "--recipes", "bert_tiny", "--budget", f"{budget:.6e}", "--points", 2,
+            "--out", tmp_path / "cmp", "--task", task_file, "--probe", "--max-length", 16,
+            "--epochs", 10, "--no-progress", "--fit-args", " ".join(SMALL_FIT))
+    code, out, err = run_plmkit(*args)
     assert code == 0, err[-3000:]
     report = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     points = report["points"]
@@ -307,10 +360,34 @@ def test_compare_with_a_flops_budget(run_plmkit, task_file, tmp_path: Path):
     for p in points:
         assert p["flops"] == pytest.approx(p["step"] * cost.flops_per_step)
         assert 0.0 <= p["macro_f1"] <= 1.0
+        assert p["tokens"] == p["step"] * cost.tokens_per_step
+    assert 0 < points[1]["wall_minutes"] <= points[2]["wall_minutes"]
+    assert report["fit_seconds"]["bert_tiny"] > 0 and report["reused"] == {"bert_tiny": False}
     table = (tmp_path / "cmp" / "compare.md").read_text()
     assert table.count("| bert_tiny | bert |") == 3 and "At the full budget" in table
+    assert "| tokens | compute (FLOPs) | wall min |" in table
     assert (tmp_path / "cmp" / "compare.png").read_bytes()[:4] == b"\x89PNG"
     assert "| bert_tiny |" in out
+
+    # the same command again evaluates the checkpoints it already has, without pretraining
+    checkpoints = {p["checkpoint"]: os.stat(p["checkpoint"]).st_mtime_ns for p in points[1:]}
+    code, out, err = run_plmkit(*args)
+    assert code == 0, err[-3000:]
+    assert sum("bert_tiny: reusing the pretraining" in line for line in err.splitlines()) == 1
+    again = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert again["reused"] == {"bert_tiny": True}
+    assert {p["checkpoint"]: os.stat(p["checkpoint"]).st_mtime_ns
+            for p in again["points"][1:]} == checkpoints
+    assert [p["wall_minutes"] for p in again["points"]] == [p["wall_minutes"] for p in points]
+    assert "(setup included), reused from an earlier run." in out
+
+    # --retrain pretrains again (stopped at once here: the point is that it starts)
+    def no_fit(recipe, overrides):
+        raise PlmkitError("pretraining started")
+
+    monkeypatch.setattr("plmkit.compare._fit", no_fit)
+    code, _, err = run_plmkit(*args, "--retrain")
+    assert code == 2 and "pretraining started" in err
 
 
 def test_compare_with_a_time_budget(run_plmkit, task_file, tmp_path: Path):

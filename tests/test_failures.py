@@ -313,7 +313,7 @@ def test_cached_corpus_with_a_token_id_beyond_the_tokenizer(
     """The tokenized-corpus cache is keyed by the tokenizer, so this takes a cache entry that
     was copied or corrupted: a smaller tokenizer's key holding a larger tokenizer's ids."""
     from plmkit.data.datamodule import PretrainDataModule, default_cache_dir
-    from plmkit.data.tokenizer import tokenizer_digest, train_tokenizer
+    from plmkit.data.tokenizer import train_tokenizer
 
     small = tmp_path / "small-tokenizer"
     train_tokenizer(documents[:200], "wordpiece", 300, show_progress=False).save_pretrained(
@@ -321,8 +321,7 @@ def test_cached_corpus_with_a_token_id_beyond_the_tokenizer(
 
     def key(tokenizer_path: Path) -> str:
         dm = PretrainDataModule(corpus=str(corpus_file), tokenizer=str(tokenizer_path))
-        tok = dm._resolve_tokenizer([])
-        return dm._corpus_key(tokenizer=tokenizer_digest(tok), max_documents=None)
+        return dm.tokenized_key(dm._resolve_tokenizer([]))
 
     cache = default_cache_dir() / "tokenized"
     big_key, small_key = key(tokenizer_dir), key(small)

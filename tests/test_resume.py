@@ -12,6 +12,7 @@ from conftest import read_metrics
 COMMON = [
     "--recipe", "bert_tiny",
     "--data.max_documents", "1000",
+    "--data.shard_mb", "0.1",  # a sharded cache (six shards)
     "--data.num_workers", "1",
     "--model.optim.schedule", "constant",
     "--model.optim.warmup_steps", "0",

@@ -3,18 +3,24 @@
 It asks the objective being trained (``trainer.lightning_module``) how to pack blocks and for
 its collator, and gives the objective the tokenizer before the model is built.
 
-With several processes, ``prepare_data`` (Lightning runs it on local rank 0 only, the other
-ranks wait) trains the tokenizer and tokenizes the corpus into the cache once; ``setup`` then
-reads the caches on every rank, and every rank uses rank 0's tokenizer (broadcast), so no two
-ranks can disagree on the vocabulary. Caches are written atomically (temporary folder, rename).
+With several processes, ``prepare_data`` (Lightning runs it on local rank 0 of every node, or
+on global rank 0 only with ``shared_filesystem``; the other ranks wait) trains the tokenizer
+and tokenizes the corpus into the cache once; ``setup`` then opens the caches by memory map on
+every rank, and every rank uses rank 0's tokenizer (broadcast), so no two ranks can disagree on
+the vocabulary. The tokenized corpus is a sharded cache written in bounded memory and resumed
+after an interruption (:mod:`plmkit.data.cache`); the packed block index of each split is
+cached beside it, so a second run starts training at once whatever the corpus size.
 """
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +29,10 @@ import numpy as np
 from transformers import PreTrainedTokenizerFast
 
 from plmkit.data import corpus as corpus_io
+from plmkit.data.cache import ShardedCorpus, cached_tokenize
 from plmkit.data.loader import POSITION_KEY, Collate, ResumableLoader
-from plmkit.data.packing import BlockDataset, pack
-from plmkit.data.preprocess import TokenizedCorpus, cached_tokenize
+from plmkit.data.packing import BlockDataset, Blocks, pack
+from plmkit.data.streaming import CHUNK_DOCUMENTS, streaming_loaders
 from plmkit.data.tokenizer import (
     TokenizerType,
     add_special_tokens,
@@ -64,9 +71,13 @@ class PretrainDataModule(L.LightningDataModule):
         entity_field: str | None = None,
         num_workers: int = 1,
         num_proc: int | None = None,
+        shared_filesystem: bool = False,
+        shard_mb: float = 32.0,
         cache_dir: str | None = None,
         seed: int = 0,
         collate: Collate = "global",
+        streaming: bool = False,
+        stream_chunk_documents: int = CHUNK_DOCUMENTS,
     ) -> None:
         """
         Args:
@@ -88,7 +99,12 @@ class PretrainDataModule(L.LightningDataModule):
                 ``[[start, end], ...]`` (or ``[start, end, label]`` / ``{"start", "end"}``);
                 they reach the collator as ``entity_ids`` (ERNIE masks each as one unit).
             num_workers: DataLoader worker processes.
-            num_proc: processes used to tokenize (default: up to 4).
+            num_proc: processes that tokenize the corpus (default: every core available).
+            shared_filesystem: the cache folder is shared by every node: one process in all
+                tokenizes (default: one process per node, each with its own cache).
+            shard_mb: at most this many MB of text per shard of the tokenized cache (the
+                memory a tokenizer process and the packing of one shard need grow with it); a
+                corpus under 16 x shard_mb is cut into 16 shards of at least 1 MB.
             cache_dir: where tokenizers and tokenized corpora are cached
                 (default ``$PLMKIT_CACHE`` or ``~/.cache/plmkit``).
             seed: seed of the shuffling, the masks and the validation split.
@@ -96,6 +112,12 @@ class PretrainDataModule(L.LightningDataModule):
                 global batch and keeps its rows, so masks do not depend on the number of
                 ranks; ``local``: each rank collates only its rows (less work on many ranks,
                 masks depend on the world size). See :mod:`plmkit.data.loader`.
+            streaming: train straight from the text, tokenized in the loader workers, with
+                nothing cached (a corpus read once); needs --trainer.max_steps and shuffles
+                only within chunks. Without --data.tokenizer one is still trained first (a
+                pass over the corpus, cached). See :mod:`plmkit.data.streaming`.
+            stream_chunk_documents: with ``streaming``, documents per chunk (the unit that
+                is tokenized, packed and shuffled).
         """
         super().__init__()
         if max_length < 8:
@@ -112,9 +134,21 @@ class PretrainDataModule(L.LightningDataModule):
         self.line_per_document, self.text_field = line_per_document, text_field
         self.entity_field = entity_field
         self.num_workers, self.num_proc, self.seed = num_workers, num_proc, seed
+        if num_proc is not None and num_proc < 1:
+            raise PlmkitError(f"data.num_proc must be at least 1, got {num_proc}")
+        self.shared_filesystem = shared_filesystem
+        if shard_mb <= 0:
+            raise PlmkitError(f"data.shard_mb must be positive, got {shard_mb}")
+        self.shard_mb = shard_mb
+        # Lightning runs prepare_data on local rank 0 of each node, or on global rank 0 only
+        self.prepare_data_per_node = not shared_filesystem
         if collate not in ("global", "local"):
             raise PlmkitError(f"data.collate must be 'global' or 'local', got {collate!r}")
         self.collate = collate
+        if stream_chunk_documents < 1:
+            raise PlmkitError("data.stream_chunk_documents must be at least 1, got "
+                              f"{stream_chunk_documents}")
+        self.streaming, self.stream_chunk_documents = streaming, stream_chunk_documents
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         self.tokenizer: PreTrainedTokenizerFast | None = None
         self.cache_hit: bool | None = None
@@ -127,24 +161,25 @@ class PretrainDataModule(L.LightningDataModule):
         self.tokenizer = tokenizer
 
     def _corpus_key(self, **extra: object) -> str:
-        kind, files = corpus_io.resolve_corpus(self.corpus)
         return corpus_io.fingerprint(
-            kind,
-            files,
+            corpus_io.resolve_corpus(self.corpus),
             text_field=self.text_field,
             entity_field=self.entity_field,
             line_per_document=self.line_per_document,
             **extra,
         )
 
-    def _documents(self):
-        docs = corpus_io.load_documents(
-            self.corpus, self.text_field, self.line_per_document, self.cache_dir / "datasets",
-            entity_field=self.entity_field,
-        )
-        if self.max_documents is not None:
-            docs = docs.select(range(min(self.max_documents, len(docs))))
-        return docs
+    def tokenized_key(self, tokenizer: PreTrainedTokenizerFast) -> str:
+        """The cache key of the corpus tokenized with ``tokenizer`` (folder under
+        ``<cache_dir>/tokenized``)."""
+        return self._corpus_key(tokenizer=tokenizer_digest(tokenizer),
+                                max_documents=self.max_documents, shard_mb=self.shard_mb)
+
+    def _documents(self) -> Iterator[corpus_io.Document]:
+        """The corpus's documents, streamed (the first ``max_documents`` only)."""
+        docs = corpus_io.read_documents(self.corpus, self.text_field, self.line_per_document,
+                                        entity_field=self.entity_field)
+        return itertools.islice(docs, self.max_documents)
 
     def _resolve_tokenizer(self, extra_special: list[str]) -> PreTrainedTokenizerFast:
         if self.tokenizer is not None:
@@ -160,12 +195,11 @@ class PretrainDataModule(L.LightningDataModule):
             if (path / "tokenizer.json").exists():
                 tokenizer = load_tokenizer(path)
             else:
-                docs = self._documents()
                 log.info("training a %s tokenizer (vocab %d)", self.tokenizer_type,
                          self.vocab_size)
                 tokenizer = train_tokenizer(
-                    iter(docs["text"]), self.tokenizer_type, self.vocab_size, self.lowercase,
-                    length=len(docs),
+                    (text for text, _ in self._documents()), self.tokenizer_type,
+                    self.vocab_size, self.lowercase,
                 )
                 _save_atomically(tokenizer, path)
         add_special_tokens(tokenizer, extra_special)
@@ -173,18 +207,24 @@ class PretrainDataModule(L.LightningDataModule):
         return tokenizer
 
     # ---------------------------------------------------------------------------- setup
-    def prepare(self, objective: Any) -> TokenizedCorpus:
+    def prepare(self, objective: Any) -> ShardedCorpus | None:
         """Resolve the tokenizer and the tokenized corpus for ``objective``."""
         tokenizer = self._resolve_tokenizer(objective.special_tokens())
-        key = self._corpus_key(tokenizer=tokenizer_digest(tokenizer),
-                               max_documents=self.max_documents)
+        key = self.tokenized_key(tokenizer)
         self.corpus_key = key
+        if self.streaming:  # the loader workers tokenize as they read: nothing is cached
+            return None
+        size, plain = corpus_io.corpus_size(corpus_io.resolve_corpus(self.corpus))
+        # at least 16 shards when the corpus is small, so every tokenizer process has work
+        shard_bytes = int(min(self.shard_mb * 2**20, max(2**20, size // 16)))
         corpus, self.cache_hit = cached_tokenize(
-            self._documents, tokenizer.backend_tokenizer, self.cache_dir, key, self.num_proc
+            self._documents, tokenizer.backend_tokenizer, self.cache_dir, key, self.num_proc,
+            total_bytes=size if plain and not self.max_documents else None,
+            shard_bytes=shard_bytes,
         )
-        if corpus.num_documents == 0 or len(corpus.ids) == 0:
+        if corpus.num_documents == 0 or corpus.num_tokens == 0:
             raise PlmkitError(f"corpus {self.corpus} produced no tokens; check its contents")
-        top = int(np.max(corpus.ids))
+        top = int(corpus.max_id)
         if top >= len(tokenizer):
             raise PlmkitError(
                 f"the tokenized corpus holds token id {top} but the tokenizer has only "
@@ -221,7 +261,7 @@ class PretrainDataModule(L.LightningDataModule):
             self.check_max_length(objective)
             self.prepare(objective)
 
-    def _same_tokenizer_on_every_rank(self, objective: Any) -> TokenizedCorpus | None:
+    def _same_tokenizer_on_every_rank(self, objective: Any) -> ShardedCorpus | None:
         """Use rank 0's tokenizer on every rank (tokenizer training is not guaranteed to be
         deterministic across machines); returns the corpus again when it had to change."""
         strategy = self.trainer.strategy if self.trainer is not None else None
@@ -252,12 +292,15 @@ class PretrainDataModule(L.LightningDataModule):
         separator = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else (
             tokenizer.eos_token_id
         )
+        if self.streaming:
+            self._loaders = streaming_loaders(self, objective, block, separator)
+            return
         train_docs, val_docs = self.split_documents(corpus.num_documents)
         rank, world = self.trainer.global_rank, self.trainer.world_size
         for split, docs, shuffle in (("train", train_docs, True), ("val", val_docs, False)):
             if len(docs) == 0:
                 continue
-            blocks = pack(corpus, docs, block, objective.packing, separator)
+            blocks = self._blocks(corpus, docs, block, objective.packing, separator)
             if len(blocks) < self.batch_size * world and split == "train":
                 raise PlmkitError(
                     f"the corpus gives only {len(blocks)} training blocks of {block} tokens, "
@@ -278,6 +321,25 @@ class PretrainDataModule(L.LightningDataModule):
             )
             log.info("%s: %d blocks, %d tokens", split, len(blocks), blocks.num_tokens)
 
+    def _blocks(self, corpus: ShardedCorpus, docs: np.ndarray, block: int, mode: str,
+                separator: int | None) -> Blocks:
+        """The packed blocks of ``docs``, from the cache beside the tokenized corpus or
+        packed now and stored there (atomically)."""
+        digest = hashlib.sha256(np.ascontiguousarray(docs, dtype=np.int64).tobytes())
+        name = f"{mode}-{block}-{separator}-{digest.hexdigest()[:12]}"
+        path = self.cache_dir / "tokenized" / str(self.corpus_key) / "packed" / name
+        blocks = Blocks.load(path, corpus)
+        if blocks is None:
+            blocks = pack(corpus, docs, block, mode, separator)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=".tmp-"))
+            blocks.save(tmp)
+            try:
+                os.replace(tmp, path)
+            except OSError:  # another process stored the same index first
+                shutil.rmtree(tmp, ignore_errors=True)
+        return blocks
+
     def train_dataloader(self) -> ResumableLoader:
         loader = self._loaders["train"]
         if self.trainer is not None:  # the collators' step counts optimizer steps
@@ -286,6 +348,8 @@ class PretrainDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> ResumableLoader | list:
         loader = self._loaders.get("val")
+        if self.streaming:  # a streamed split has no len()
+            return loader if loader is not None else []
         return loader if loader is not None and len(loader) > 0 else []
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:

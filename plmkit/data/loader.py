@@ -104,25 +104,36 @@ class _Batches(Dataset):
         if whole:
             first, stop = ld.rows(position, whole=True)
         examples = [ld.dataset[int(i)] for i in self.order[first:stop]]
-        reseed = getattr(ld.collator, "reseed", None)
-        if reseed is not None:
-            rank = ld.rank if ld.collate == "local" else 0
-            reseed(batch_seed(ld.seed, self.epoch, position, rank))
-        set_step = getattr(ld.collator, "set_step", None)
-        if set_step is not None and ld.shuffle:
-            set_step(self.number(position) // ld.accumulate_grad_batches)
-        batch = ld.collator(examples)
-        if whole:
-            start = ld.rank * ld.batch_size
-            custom = getattr(ld.collator, "slice_batch", None)
-            batch = (custom(batch, start, start + ld.batch_size) if custom is not None
-                     else slice_batch(batch, start, start + ld.batch_size, len(examples)))
-            examples = examples[start : start + ld.batch_size]
-        mask = batch.get("attention_mask")
-        batch[NUM_TOKENS_KEY] = int(mask.sum()) if mask is not None else sum(
-            len(e["input_ids"]) for e in examples
-        )
-        return batch
+        rank = ld.rank if ld.collate == "local" else 0
+        step = self.number(position) // ld.accumulate_grad_batches if ld.shuffle else None
+        return collate_rows(ld.collator, examples, batch_seed(ld.seed, self.epoch, position, rank),
+                            step, ld.rank * ld.batch_size if whole else None, ld.batch_size)
+
+
+def collate_rows(collator: Callable[[list[dict[str, Any]]], dict[str, Any]],
+                 examples: list[dict[str, Any]], seed: int, step: int | None,
+                 start: int | None, rows: int) -> dict[str, Any]:
+    """Collate one batch: reseed the collator with ``seed`` (when it has ``reseed``), give it
+    the training step ``step`` (when not None and it has ``set_step``), collate, and with
+    ``start`` (``examples`` is the whole global batch) keep rows ``[start, start + rows)``.
+    The batch also counts its real tokens (``NUM_TOKENS_KEY``)."""
+    reseed = getattr(collator, "reseed", None)
+    if reseed is not None:
+        reseed(seed)
+    set_step = getattr(collator, "set_step", None)
+    if set_step is not None and step is not None:
+        set_step(step)
+    batch = collator(examples)
+    if start is not None:
+        custom = getattr(collator, "slice_batch", None)
+        batch = (custom(batch, start, start + rows) if custom is not None
+                 else slice_batch(batch, start, start + rows, len(examples)))
+        examples = examples[start : start + rows]
+    mask = batch.get("attention_mask")
+    batch[NUM_TOKENS_KEY] = int(mask.sum()) if mask is not None else sum(
+        len(e["input_ids"]) for e in examples
+    )
+    return batch
 
 
 class ResumableLoader:
@@ -234,6 +245,10 @@ class ResumableLoader:
     def load_state_dict(self, state: dict[str, int]) -> None:
         """Restore ``(epoch, consumed)``; the position counts global batches, so a run may be
         resumed on another number of ranks as long as the global batch size is the same."""
+        if "consumed" not in state:  # a streamed run (--data.streaming) resumed from the cache
+            log.warning("the checkpoint was trained with --data.streaming true: the data "
+                        "starts again at the beginning of the corpus")
+            return
         self.epoch, self.consumed = int(state["epoch"]), int(state["consumed"])
         self.batches = int(state.get("batches", self.epoch * len(self) + self.consumed))
         saved = int(state.get("global_batch_size", self.global_batch_size))

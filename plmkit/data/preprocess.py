@@ -1,8 +1,8 @@
-"""Tokenize a corpus once (several processes) and cache it on disk as flat arrays.
+"""Tokenize documents into flat arrays: one :class:`TokenizedCorpus` per shard of the cache.
 
-The cache holds, for the whole corpus, one flat array per field plus offsets:
+A tokenized corpus (or one shard of it, see :mod:`plmkit.data.cache`) is a few flat arrays:
 
-* ``ids``          int32 token ids (no special tokens),
+* ``ids``          token ids (no special tokens); uint16 when the vocabulary fits, else int32,
 * ``word_start``   uint8, 1 where a token starts a word (from the tokenizer's word ids),
 * ``sent_offsets`` int64, start of every sentence in ``ids`` (plus the end),
 * ``doc_offsets``  int64, index into ``sent_offsets`` where every document starts (plus end),
@@ -10,32 +10,34 @@ The cache holds, for the whole corpus, one flat array per field plus offsets:
   its document) of the span it falls in, -1 outside spans. A token belongs to a span when
   their character ranges overlap.
 
-Packing into blocks (:mod:`plmkit.data.packing`) works on these arrays, so a new block length
-or packing mode never re-tokenizes. The cache key covers the corpus files (paths, sizes, mtimes),
-the tokenizer definition and the reading settings.
+Sentences are the document's non-blank lines, each encoded on its own (so a byte-level BPE
+never sees a newline). Packing into blocks (:mod:`plmkit.data.packing`) works on these arrays,
+so a new block length or packing mode never re-tokenizes. The ``tokenizers`` Rust batch encoder
+does the work; only the flattening of its output into arrays happens in Python.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import tempfile
+import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 
-import datasets
 import numpy as np
 from tokenizers import Tokenizer
 
-log = logging.getLogger("plmkit")
-CACHE_VERSION = 2
+#: sentences encoded per ``encode_batch`` call: bounds the memory of the Encoding objects
+ENCODE_BATCH = 4096
 
 
 @dataclass
 class TokenizedCorpus:
-    """Flat token arrays of a corpus with sentence and document offsets."""
+    """Flat token arrays of a corpus (or a shard) with sentence and document offsets."""
 
     ids: np.ndarray
     word_start: np.ndarray
@@ -47,39 +49,78 @@ class TokenizedCorpus:
     def num_documents(self) -> int:
         return len(self.doc_offsets) - 1
 
+    @property
+    def num_tokens(self) -> int:
+        return int(self.sent_offsets[-1])
+
+    @property
+    def num_sentences(self) -> int:
+        return len(self.sent_offsets) - 1
+
     def doc_token_bounds(self) -> tuple[np.ndarray, np.ndarray]:
         """Token start and end of every document."""
-        bounds = self.sent_offsets[self.doc_offsets]
+        bounds = np.asarray(self.sent_offsets[self.doc_offsets])
         return bounds[:-1], bounds[1:]
 
     _FIELDS = ("ids", "word_start", "sent_offsets", "doc_offsets")
 
-    def save(self, path: Path) -> None:
-        """Write atomically: a temporary folder renamed into place."""
+    def arrays(self) -> dict[str, np.ndarray]:
+        out = {name: getattr(self, name) for name in self._FIELDS}
+        if self.entity_id is not None:
+            out["entity_id"] = self.entity_id
+        return out
+
+    def save(self, path: Path, **meta: object) -> dict[str, object]:
+        """Write atomically (a temporary folder renamed into place) with ``meta.json`` last
+        inside it: the arrays' sizes and CRC32s, so a damaged shard is recognized. Returns
+        the meta."""
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=".tmp-"))
-        for name in self._FIELDS:
-            np.save(tmp / f"{name}.npy", getattr(self, name))
-        if self.entity_id is not None:
-            np.save(tmp / "entity_id.npy", self.entity_id)
-        (tmp / "meta.json").write_text(json.dumps({"version": CACHE_VERSION}))
         try:
+            files = {}
+            for name, array in self.arrays().items():
+                target = tmp / f"{name}.npy"
+                np.save(target, np.ascontiguousarray(array))
+                files[name] = {"bytes": target.stat().st_size, "crc32": _crc32(target)}
+            meta = {**meta, "documents": self.num_documents, "sentences": self.num_sentences,
+                    "tokens": self.num_tokens,
+                    "max_id": int(np.max(self.ids)) if len(self.ids) else -1, "files": files}
+            (tmp / "meta.json").write_text(json.dumps(meta, sort_keys=True))
+            if path.exists():
+                shutil.rmtree(path)
             os.replace(tmp, path)
-        except OSError:  # another process won the race; its cache is as good as ours
+        finally:
             shutil.rmtree(tmp, ignore_errors=True)
+        return meta
 
     @classmethod
-    def load(cls, path: Path) -> TokenizedCorpus | None:
+    def load(cls, path: Path, verify: bool = False) -> TokenizedCorpus | None:
+        """Open a saved corpus by memory map; None when it is missing, partial or damaged
+        (``verify``: also check every array's CRC32, which reads it whole)."""
         try:
             meta = json.loads((path / "meta.json").read_text())
-            if meta.get("version") != CACHE_VERSION:
+            files = meta["files"]
+            for name, info in files.items():
+                target = path / f"{name}.npy"
+                if target.stat().st_size != info["bytes"]:
+                    return None
+                if verify and _crc32(target) != info["crc32"]:
+                    return None
+            arrays = {name: np.load(path / f"{name}.npy", mmap_mode="r") for name in files}
+            corpus = cls(**arrays)
+            if corpus.num_tokens != len(corpus.ids) or corpus.num_documents != meta["documents"]:
                 return None
-            fields = [np.load(path / f"{name}.npy", mmap_mode="r") for name in cls._FIELDS]
-            entities = path / "entity_id.npy"
-            entity_id = np.load(entities, mmap_mode="r") if entities.exists() else None
-            return cls(*fields, entity_id=entity_id)
-        except (OSError, ValueError):
+            return corpus
+        except (OSError, ValueError, KeyError, TypeError):
             return None
+
+
+def _crc32(path: Path) -> int:
+    crc = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            crc = zlib.crc32(chunk, crc)
+    return crc
 
 
 def _lines(text: str) -> tuple[list[str], list[int]]:
@@ -94,7 +135,7 @@ def _lines(text: str) -> tuple[list[str], list[int]]:
     return lines, starts
 
 
-def _entity_ids(char_starts: np.ndarray, char_ends: np.ndarray, spans: list) -> list[int]:
+def _entity_ids(char_starts: np.ndarray, char_ends: np.ndarray, spans: list) -> np.ndarray:
     """Per token, the index of the first character span it overlaps (-1: none)."""
     out = np.full(len(char_starts), -1, dtype=np.int32)
     # Tokens are in text order, so each span covers one contiguous run of tokens.
@@ -105,101 +146,94 @@ def _entity_ids(char_starts: np.ndarray, char_ends: np.ndarray, spans: list) -> 
         stop = int(np.searchsorted(char_starts, end, side="left"))
         run = out[first:stop]
         run[run < 0] = k
-    return out.tolist()
-
-
-def _encode_batch(batch: dict[str, list], tokenizer_json: str) -> dict[str, list]:
-    tokenizer = _TOKENIZERS.get(tokenizer_json)
-    if tokenizer is None:
-        tokenizer = _TOKENIZERS[tokenizer_json] = Tokenizer.from_str(tokenizer_json)
-    sentences: list[str] = []
-    line_starts: list[int] = []
-    counts: list[int] = []
-    for text in batch["text"]:
-        lines, starts = _lines(text)
-        sentences.extend(lines)
-        line_starts.extend(starts)
-        counts.append(len(lines))
-    encodings = tokenizer.encode_batch(sentences, add_special_tokens=False)
-    ids, starts, lengths = [], [], []
-    for enc in encodings:
-        words = np.asarray([-1 if w is None else w for w in enc.word_ids], dtype=np.int64)
-        start = np.ones(len(words), dtype=np.uint8)
-        if len(words) > 1:
-            start[1:] = words[1:] != words[:-1]
-        ids.append(enc.ids)
-        starts.append(start.tolist())
-        lengths.append(len(enc.ids))
-    out_ids, out_starts, out_lengths, out_entities = [], [], [], []
-    position = 0
-    for d, count in enumerate(counts):
-        doc = range(position, position + count)
-        out_ids.append([t for i in doc for t in ids[i]])
-        out_starts.append([s for i in doc for s in starts[i]])
-        out_lengths.append([lengths[i] for i in doc])
-        if "entities" in batch:
-            # character range of every token in the document's text
-            offsets = np.asarray(
-                [(a + line_starts[i], b + line_starts[i]) for i in doc
-                 for a, b in encodings[i].offsets], dtype=np.int64,
-            ).reshape(-1, 2)
-            out_entities.append(_entity_ids(offsets[:, 0], offsets[:, 1], batch["entities"][d]))
-        position += count
-    out = {"ids": out_ids, "word_start": out_starts, "sent_lengths": out_lengths}
-    if "entities" in batch:
-        out["entity_id"] = out_entities
     return out
 
 
-_TOKENIZERS: dict[str, Tokenizer] = {}
+def ids_dtype(tokenizer: Tokenizer) -> type:
+    """The smallest id type for the tokenizer's vocabulary (uint16 up to 65,535 entries)."""
+    return np.uint16 if tokenizer.get_vocab_size(with_added_tokens=True) <= 65535 else np.int32
 
 
-def tokenize_corpus(
-    documents: datasets.Dataset, tokenizer: Tokenizer, num_proc: int | None = None
+def _word_ids(encodings: list, total: int) -> np.ndarray:
+    words = chain.from_iterable(e.word_ids for e in encodings)
+    try:
+        return np.fromiter(words, dtype=np.int64, count=total)
+    except TypeError:  # a token outside any word (None): count it as word -1
+        words = chain.from_iterable(e.word_ids for e in encodings)
+        return np.fromiter((-1 if w is None else w for w in words), dtype=np.int64, count=total)
+
+
+def encode_documents(
+    texts: Sequence[str],
+    tokenizer: Tokenizer,
+    entities: Sequence[list | None] | None = None,
 ) -> TokenizedCorpus:
-    """Tokenize every document (sentence by sentence) into a :class:`TokenizedCorpus`."""
-    num_proc = num_proc or min(4, os.cpu_count() or 1)
-    num_proc = max(1, min(num_proc, len(documents) // 1000 or 1))
-    encoded = documents.map(
-        _encode_batch,
-        batched=True,
-        batch_size=1000,
-        num_proc=num_proc if num_proc > 1 else None,
-        remove_columns=documents.column_names,
-        fn_kwargs={"tokenizer_json": tokenizer.to_str()},
-        desc="tokenizing",
-        load_from_cache_file=False,
-        keep_in_memory=True,
-    )
-    table = encoded.data.table
-    ids = table.column("ids").combine_chunks().flatten().to_numpy().astype(np.int32)
-    word_start = table.column("word_start").combine_chunks().flatten().to_numpy()
-    sent_lengths = table.column("sent_lengths").combine_chunks()
-    per_doc = np.diff(sent_lengths.offsets.to_numpy())
-    lengths = sent_lengths.flatten().to_numpy().astype(np.int64)
-    sent_offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    doc_offsets = np.concatenate([[0], np.cumsum(per_doc)]).astype(np.int64)
-    entity_id = None
-    if "entity_id" in table.column_names:
-        entity_id = table.column("entity_id").combine_chunks().flatten().to_numpy()
-        entity_id = entity_id.astype(np.int32)
-    return TokenizedCorpus(
-        ids, word_start.astype(np.uint8), sent_offsets, doc_offsets, entity_id=entity_id
-    )
+    """Tokenize ``texts`` (sentence by sentence) into one :class:`TokenizedCorpus`.
 
-
-def cached_tokenize(
-    documents_fn, tokenizer: Tokenizer, cache_dir: Path, key: str, num_proc: int | None = None
-) -> tuple[TokenizedCorpus, bool]:
-    """Load the tokenized corpus for ``key`` from ``cache_dir`` or build and store it.
-
-    ``documents_fn`` is called only on a cache miss. Returns ``(corpus, hit)``.
+    ``entities``: per document, its ``[start, end)`` character spans (see the module docs).
     """
-    path = cache_dir / "tokenized" / key
-    cached = TokenizedCorpus.load(path)
-    if cached is not None:
-        log.info("tokenized corpus loaded from cache %s", path)
-        return cached, True
-    corpus = tokenize_corpus(documents_fn(), tokenizer, num_proc)
-    corpus.save(path)
-    return TokenizedCorpus.load(path) or corpus, False
+    sentences: list[str] = []
+    line_starts: list[int] = []
+    counts = np.zeros(len(texts), dtype=np.int64)
+    for d, text in enumerate(texts):
+        lines, starts = _lines(text)
+        sentences.extend(lines)
+        line_starts.extend(starts)
+        counts[d] = len(lines)
+    pieces: dict[str, list[np.ndarray]] = {"ids": [], "words": [], "lengths": [], "chars": []}
+    dtype = ids_dtype(tokenizer)
+    for first in range(0, len(sentences), ENCODE_BATCH):
+        encodings = tokenizer.encode_batch(sentences[first:first + ENCODE_BATCH],
+                                           add_special_tokens=False)
+        lengths = np.fromiter((len(e) for e in encodings), dtype=np.int64,
+                              count=len(encodings))
+        total = int(lengths.sum())
+        pieces["lengths"].append(lengths)
+        pieces["ids"].append(np.fromiter(chain.from_iterable(e.ids for e in encodings),
+                                         dtype=dtype, count=total))
+        pieces["words"].append(_word_ids(encodings, total))
+        if entities is not None:  # character range of every token within its line
+            pieces["chars"].append(np.fromiter(
+                chain.from_iterable(chain.from_iterable(e.offsets) for e in encodings),
+                dtype=np.int64, count=2 * total).reshape(-1, 2))
+    joined = {k: np.concatenate(v) if v else np.zeros(0, dtype=np.int64)
+              for k, v in pieces.items()}
+    ids = joined["ids"].astype(dtype, copy=False)
+    lengths = joined["lengths"]
+    sent_offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    words = joined["words"]
+    word_start = np.ones(len(ids), dtype=np.uint8)
+    if len(ids) > 1:
+        word_start[1:] = words[1:] != words[:-1]
+    word_start[sent_offsets[:-1][lengths > 0]] = 1  # word ids restart in every sentence
+    doc_offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    entity_id = None
+    if entities is not None:
+        chars = joined["chars"].reshape(-1, 2)
+        chars = chars + np.repeat(np.asarray(line_starts, dtype=np.int64), lengths)[:, None]
+        entity_id = np.full(len(ids), -1, dtype=np.int32)
+        bounds = sent_offsets[doc_offsets]
+        for d, spans in enumerate(entities):
+            a, b = bounds[d], bounds[d + 1]
+            if spans and b > a:
+                entity_id[a:b] = _entity_ids(chars[a:b, 0], chars[a:b, 1], spans)
+    return TokenizedCorpus(ids, word_start, sent_offsets, doc_offsets, entity_id=entity_id)
+
+
+def tokenize_corpus(documents: object, tokenizer: Tokenizer, num_proc: int | None = None
+                    ) -> TokenizedCorpus:
+    """Tokenize a small in-memory corpus in this process: ``documents`` is a list of texts,
+    of ``(text, spans)`` pairs, or anything with a ``"text"`` column (e.g. a ``datasets``
+    Dataset). Large corpora go through :func:`plmkit.data.cache.cached_tokenize`."""
+    del num_proc  # one process: the Rust encoder already uses every core
+    if hasattr(documents, "column_names"):
+        texts = list(documents["text"])  # type: ignore[index]
+        spans = list(documents["entities"]) if "entities" in documents.column_names else None
+    else:
+        items = list(documents)  # type: ignore[call-overload]
+        if items and isinstance(items[0], tuple):
+            texts = [t for t, _ in items]
+            spans = [s for _, s in items] if any(s is not None for _, s in items) else None
+        else:
+            texts, spans = items, None
+    return encode_documents(texts, tokenizer, spans)

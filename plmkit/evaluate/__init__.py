@@ -2,9 +2,11 @@
 
 ``plmkit evaluate MODEL --task NAME`` loads ``MODEL`` (a folder written by ``plmkit export`` or
 a ``.ckpt`` written by ``plmkit fit``), puts a linear classifier on its pooled hidden states,
-trains it on the task's training split and reports accuracy and macro-F1 (torchmetrics) on a
-held-out split. ``--baseline random`` trains the same architecture from random initialization
-with the same seed and data, so the gain from pretraining is printed beside the score.
+trains it on the task's training split (less a seeded validation split that picks the epoch)
+and reports accuracy and macro-F1 (torchmetrics) on a held-out split; ``--seeds N`` repeats the
+training with N seeds and reports the mean and the spread. ``--baseline random`` trains the
+same architecture from random initialization with the same seeds and data, so the gain from
+pretraining is printed beside the score.
 
 The parts, one module each:
 
@@ -39,15 +41,24 @@ from plmkit.evaluate.adapters import (
     quiet_transformers,
     registered_adapters,
 )
-from plmkit.evaluate.report import EvalResult, Evaluation
+from plmkit.evaluate.report import EvalResult, Evaluation, SeedRun, combine
 from plmkit.evaluate.tasks import BUILTIN_TASKS, Task, load_task
-from plmkit.evaluate.training import EvalConfig, Head, ScalarMix, pool, run_evaluation
+from plmkit.evaluate.training import (
+    EvalConfig,
+    Head,
+    ScalarMix,
+    default_finetune_lr,
+    pool,
+    run_evaluation,
+    split_train,
+)
 
 __all__ = [
     "BUILTIN_TASKS", "DEFAULT_ADAPTER", "POOLINGS", "Adapter", "Encoder", "EvalConfig",
-    "EvalResult", "Evaluation", "Head", "ScalarMix", "Task", "adapter_for", "check_model",
-    "evaluate", "hf_adapter", "load_encoder", "load_task", "model_folder", "model_type_of",
-    "pool", "quiet_transformers", "registered_adapters", "run_evaluation", "score_model",
+    "EvalResult", "Evaluation", "Head", "ScalarMix", "SeedRun", "Task", "adapter_for",
+    "check_model", "combine", "default_finetune_lr", "evaluate", "hf_adapter", "load_encoder",
+    "load_task", "model_folder", "model_type_of", "pool", "quiet_transformers",
+    "registered_adapters", "run_evaluation", "score_model", "split_train",
 ]
 
 
@@ -59,18 +70,24 @@ def score_model(
     random_init: bool = False,
 ) -> EvalResult:
     """The score of ``model`` on ``task`` or, with ``random_init``, of its architecture
-    trained from random initialization (same seed, same data)."""
+    trained from random initialization (same seeds, same data): the mean over ``cfg.seeds``
+    runs, each from a freshly loaded (or initialized) encoder."""
     cfg = config or EvalConfig()
+    cfg.check()
     if cfg.pooling is not None and cfg.pooling not in POOLINGS:
         raise PlmkitError(f"unknown pooling '{cfg.pooling}': use {', '.join(POOLINGS)}")
     loaded = task if isinstance(task, Task) else load_task(task, seed=cfg.seed)
     name = name or ("random init" if random_init else str(model))
+    results = []
     with model_folder(model) as folder:
         model_type = model_type_of(folder)
         pooling = cfg.pooling or adapter_for(model_type).pooling
-        torch.manual_seed(cfg.seed)
-        encoder, tokenizer, _ = load_encoder(folder, random_init=random_init)
-        result = run_evaluation(encoder, tokenizer, loaded, cfg, pooling, name)
+        for seed in range(cfg.seed, cfg.seed + cfg.seeds):
+            torch.manual_seed(seed)
+            encoder, tokenizer, _ = load_encoder(folder, random_init=random_init)
+            results.append(run_evaluation(encoder, tokenizer, loaded, cfg, pooling, name, seed))
+            del encoder
+    result = combine(results)
     result.random_init = random_init
     result.extra = {"model_type": model_type, "pooling": pooling}
     return result

@@ -5,23 +5,31 @@ Both run on Lightning's ``Trainer``: a GPU when there is one (``accelerator="aut
 the precision options of ``plmkit fit`` (default ``bf16-mixed`` on a GPU that supports it,
 ``32-true`` otherwise). Everything is seeded: the head's initialization, dropout and the order
 of the training examples, so the same settings give the same numbers on the same machine.
+
+A seeded ``val_fraction`` of the training examples is held out (never the scored split): the
+model is validated after every epoch and Lightning's ``ModelCheckpoint`` keeps the epoch with
+the best validation accuracy (of equals, the one with the lowest validation loss), whose
+weights are the ones scored.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import re
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor, nn
@@ -29,7 +37,7 @@ from torch.utils.data import DataLoader, StackDataset
 
 from plmkit.errors import PlmkitError
 from plmkit.evaluate.adapters import POOLINGS, Encoder
-from plmkit.evaluate.report import EvalResult, scores
+from plmkit.evaluate.report import EvalResult, SeedRun, scores
 from plmkit.evaluate.tasks import Task
 
 
@@ -45,10 +53,15 @@ class EvalConfig:
         max_train: use at most this many training examples (a seeded random subset).
         epochs: passes over the training examples; None: 3 (fine-tune) or 30 (probe).
         batch_size: examples per step; None: 32 (fine-tune) or 256 (probe).
-        lr: peak learning rate; None: 1e-3 (fine-tune) or 3e-3 (probe). The fine-tuning
-            default suits the small models plmkit trains on a CPU; use 2e-5 to 1e-4 for
-            base-sized ones.
-        seed: seeds the head, dropout, the training subset and the order of examples.
+        lr: peak learning rate; None: 3e-3 for a probe, and for fine-tuning one that falls
+            with the encoder's width (:func:`default_finetune_lr`: 1e-3 at hidden size 128,
+            3e-4 at 256, 1e-4 up to 768, 5e-5 above).
+        seed: seeds the training subset and the validation split and, with ``seeds``, the
+            first of the training runs (head, dropout, order of examples).
+        seeds: train this many times, with seeds ``seed``, ``seed + 1``, ...; the score is
+            the mean, and each run is kept (the data are the same for all of them).
+        val_fraction: hold out this seeded fraction of the training examples to choose the
+            epoch with the best validation accuracy; 0: score the last epoch.
         progress: show a progress bar on stderr.
         accelerator: Lightning's accelerator (``auto``: a GPU when there is one, ``cpu``, ...).
         precision: Lightning's precision (``32-true``, ``bf16-mixed``, ``16-mixed`` ...);
@@ -63,6 +76,8 @@ class EvalConfig:
     batch_size: int | None = None
     lr: float | None = None
     seed: int = 0
+    seeds: int = 1
+    val_fraction: float = 0.1
     progress: bool = True
     accelerator: str = "auto"
     precision: str | None = None
@@ -71,14 +86,34 @@ class EvalConfig:
     def mode(self) -> str:
         return "probe" if self.probe else "finetune"
 
-    def resolved(self) -> EvalConfig:
-        """A copy with the mode's defaults filled in for ``epochs``, ``lr`` and ``batch_size``."""
+    def check(self) -> None:
+        """A PlmkitError for settings no run can use."""
+        if self.seeds < 1:
+            raise PlmkitError(f"--seeds must be at least 1, got {self.seeds}")
+        if not 0 <= self.val_fraction < 1:
+            raise PlmkitError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+
+    def resolved(self, hidden_size: int | None = None) -> EvalConfig:
+        """A copy with the mode's defaults filled in for ``epochs``, ``lr`` and ``batch_size``
+        (the fine-tuning ``lr`` for an encoder of ``hidden_size``)."""
+        lr = 3e-3 if self.probe else default_finetune_lr(hidden_size)
         return replace(
             self,
             epochs=self.epochs if self.epochs is not None else (30 if self.probe else 3),
-            lr=self.lr if self.lr is not None else (3e-3 if self.probe else 1e-3),
+            lr=self.lr if self.lr is not None else lr,
             batch_size=self.batch_size or (256 if self.probe else 32),
         )
+
+
+def default_finetune_lr(hidden_size: int | None) -> float:
+    """The default fine-tuning learning rate of an encoder ``hidden_size`` wide.
+
+    Wider encoders take smaller steps, as in the ELECTRA paper (3e-4 Small, 1e-4 Base, 5e-5
+    Large) and BERT's 2e-5 to 5e-5 for Base and Large; the 2 x 128 models plmkit trains on a
+    CPU need 1e-3 to move from the majority class in 3 short epochs.
+    """
+    width = hidden_size or 128
+    return 1e-3 if width <= 128 else 3e-4 if width <= 256 else 1e-4 if width <= 768 else 5e-5
 
 
 def default_precision(accelerator: str = "auto") -> str:
@@ -147,6 +182,11 @@ class Classifier(pl.LightningModule):
 
     AdamW (weight decay 0.01); with ``schedule`` the learning rate rises linearly over the
     first 10% of the steps and decays linearly to 0.
+
+    Validation logs, over the whole validation set, ``val_accuracy``, ``val_loss`` and
+    ``val_score``: the accuracy less ``loss / (1 + loss)`` divided by twice the number of
+    examples, under half an example's worth of accuracy, so that it ranks epochs by accuracy
+    and equal accuracies by loss.
     """
 
     def __init__(self, head: Head, lr: float, encoder: Encoder | None = None,
@@ -154,6 +194,9 @@ class Classifier(pl.LightningModule):
         super().__init__()
         self.head, self.encoder = head, encoder
         self.lr, self.pooling, self.schedule = lr, pooling, schedule
+        self.val_history: list[float] = []
+        self.val_losses: list[float] = []
+        self._val: list[tuple[Tensor, Tensor]] = []
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         if self.encoder is None:
@@ -168,6 +211,21 @@ class Classifier(pl.LightningModule):
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         return self(batch).argmax(-1).cpu()
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        logits = self(batch).float()
+        self._val.append((logits.argmax(-1) == batch["labels"],
+                          nn.functional.cross_entropy(logits, batch["labels"], reduction="none")))
+
+    def on_validation_epoch_end(self) -> None:
+        correct, losses = (torch.cat(t).double() for t in zip(*self._val))
+        self._val.clear()
+        accuracy, loss = float(correct.mean()), float(losses.mean())
+        self.val_history.append(accuracy)
+        self.val_losses.append(loss)
+        self.log("val_accuracy", accuracy, prog_bar=True)
+        self.log("val_loss", loss)
+        self.log("val_score", accuracy - loss / (1 + loss) / (2 * len(correct)))
 
     def configure_optimizers(self) -> Any:
         params = [p for p in self.parameters() if p.requires_grad]
@@ -201,10 +259,18 @@ class _ProgressBar(TQDMProgressBar):
     def init_predict_tqdm(self) -> Tqdm:
         return self._bar()
 
+    def init_validation_tqdm(self) -> Tqdm:
+        return Tqdm(desc=f"{self.desc} (validate)", position=1, disable=self.is_disabled,
+                    leave=False, dynamic_ncols=True, file=sys.stderr, bar_format=self.BAR_FORMAT)
+
     def on_train_epoch_start(self, trainer: pl.Trainer, *args: Any) -> None:
         super().on_train_epoch_start(trainer, *args)
         self.train_progress_bar.set_description(
             f"{self.desc} epoch {trainer.current_epoch + 1}/{trainer.max_epochs}")
+
+    def on_validation_batch_start(self, *args: Any, **kwargs: Any) -> None:
+        super().on_validation_batch_start(*args, **kwargs)
+        self.val_progress_bar.set_description(f"{self.desc} (validate)")
 
     def on_predict_batch_start(self, *args: Any, **kwargs: Any) -> None:
         super().on_predict_batch_start(*args, **kwargs)
@@ -229,14 +295,16 @@ def _quiet_lightning() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _trainer(cfg: EvalConfig, desc: str, epochs: int = 1, clip: float | None = None) -> pl.Trainer:
+def _trainer(cfg: EvalConfig, desc: str, epochs: int = 1, clip: float | None = None,
+             best: ModelCheckpoint | None = None) -> pl.Trainer:
     precision = cfg.precision or default_precision(cfg.accelerator)
+    callbacks = [*([_ProgressBar(desc)] if cfg.progress else []), *([best] if best else [])]
     try:
         return pl.Trainer(
             accelerator=cfg.accelerator, devices=1, precision=precision, max_epochs=epochs,
-            logger=False, enable_checkpointing=False, enable_model_summary=False,
-            enable_progress_bar=cfg.progress, callbacks=[_ProgressBar(desc)] if cfg.progress
-            else None, gradient_clip_val=clip, num_sanity_val_steps=0,
+            logger=False, enable_checkpointing=best is not None, enable_model_summary=False,
+            enable_progress_bar=cfg.progress, callbacks=callbacks, gradient_clip_val=clip,
+            num_sanity_val_steps=0,
         )
     except (ValueError, RuntimeError, MisconfigurationException) as exc:
         raise PlmkitError(
@@ -267,44 +335,91 @@ def _loader(data: Any, batch_size: int, seed: int | None = None, collate: Any = 
                       collate_fn=collate)
 
 
-def _subset(train: list[tuple[str, int]], cap: int | None, seed: int) -> list[tuple[str, int]]:
-    if cap is None or cap >= len(train):
-        return list(train)
-    return random.Random(seed).sample(train, cap)
+def split_train(examples: Sequence[tuple[str, int]], val_fraction: float, cap: int | None,
+                seed: int) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """``(train, validation)``: a seeded ``val_fraction`` of ``examples`` held out (at least
+    one example when the fraction is above 0) and at most ``cap`` of the rest."""
+    order = list(examples)
+    random.Random(seed).shuffle(order)
+    n_val = 0
+    if val_fraction > 0 and len(order) > 1:
+        n_val = min(len(order) - 1, max(1, round(len(order) * val_fraction)))
+    rest = order[n_val:]
+    return (rest if cap is None else rest[:cap]), order[:n_val]
+
+
+#: predictions on the scored split, and the run (its scores not filled in yet)
+Fitted = tuple[Tensor, SeedRun]
+
+
+def _fit_best(cfg: EvalConfig, desc: str, module: Classifier, train: DataLoader,
+              val: DataLoader | None, val_labels: Tensor, scored: DataLoader,
+              clip: float | None = None) -> Fitted:
+    """Train ``module`` for ``cfg.epochs`` and predict ``scored`` with the weights of the epoch
+    with the best ``val_score``, or of the last epoch without ``val``."""
+    epochs = int(cfg.epochs or 0)
+    with tempfile.TemporaryDirectory(prefix="plmkit-eval-") as tmp:
+        best = None if val is None else ModelCheckpoint(
+            dirpath=tmp, filename="best-{epoch}", monitor="val_score", mode="max",
+            save_top_k=1, save_weights_only=True)
+        trainer = _trainer(cfg, desc, epochs, clip, best)
+        trainer.fit(module, train, val)
+        if best is None:
+            return torch.cat(trainer.predict(module, scored)), SeedRun(cfg.seed, 0, 0, epochs)
+        preds = torch.cat(trainer.predict(module, scored, ckpt_path="best"))
+        val_preds = torch.cat(trainer.predict(module, val, ckpt_path="best"))
+        match = re.search(r"epoch=(\d+)", Path(best.best_model_path).name)
+        epoch = int(match.group(1)) + 1 if match else epochs
+    # recomputed with the weights scored: it must be the best of val_history
+    val_accuracy = float((val_preds == val_labels).double().mean())
+    return preds, SeedRun(cfg.seed, 0, 0, epoch, val_accuracy, list(module.val_history),
+                          list(module.val_losses))
+
+
+def _labels(examples: Sequence[tuple[str, int]]) -> Tensor:
+    return torch.tensor([y for _, y in examples], dtype=torch.long)
 
 
 def _probe(encoder: Encoder, tokenize: _Tokenize, train: list[tuple[str, int]],
-           task: Task, cfg: EvalConfig, pooling: str, name: str) -> Tensor:
-    """Predictions of a head trained on the frozen encoder's standardized features."""
+           val: list[tuple[str, int]], task: Task, cfg: EvalConfig, pooling: str,
+           name: str) -> Fitted:
+    """A head trained on the frozen encoder's standardized features."""
     encoder.eval()
     extract = Features(encoder, pooling)
     trainer = _trainer(cfg, f"encode {name}")
-    features = torch.cat(trainer.predict(extract, _loader(train, 64, collate=tokenize)))
-    eval_features = torch.cat(trainer.predict(extract, _loader(task.eval, 64, collate=tokenize)))
+
+    def encode(examples: list[tuple[str, int]]) -> Tensor:
+        return torch.cat(trainer.predict(extract, _loader(examples, 64, collate=tokenize)))
+
+    features = encode(train)
     # standardize each feature with training statistics: one lr suits every model
     mean = features.mean(0, keepdim=True)
     std = features.std(0, keepdim=True).clamp(min=1e-6)
-    features, eval_features = (features - mean) / std, (eval_features - mean) / std
+
+    def data(examples: list[tuple[str, int]], x: Tensor | None = None) -> StackDataset:
+        x = encode(examples) if x is None else x
+        return StackDataset(features=(x - mean) / std, labels=_labels(examples))
+
     head = Head(features.shape[1], features.shape[2], len(task.labels), dropout=0.1)
-    module = Classifier(head, cfg.lr)
-    labels = torch.tensor([y for _, y in train])
-    trainer = _trainer(cfg, f"probe {name}", cfg.epochs)
-    trainer.fit(module, _loader(StackDataset(features=features, labels=labels), cfg.batch_size,
-                                seed=cfg.seed))
-    return torch.cat(trainer.predict(module, _loader(StackDataset(features=eval_features), 1024)))
+    return _fit_best(cfg, f"probe {name}", Classifier(head, cfg.lr),
+                     _loader(data(train, features), cfg.batch_size, seed=cfg.seed),
+                     _loader(data(val), 1024) if val else None, _labels(val),
+                     _loader(data(task.eval), 1024))
 
 
 def _finetune(encoder: Encoder, tokenize: _Tokenize, train: list[tuple[str, int]],
-              task: Task, cfg: EvalConfig, pooling: str, name: str) -> Tensor:
-    """Predictions of the encoder and a head trained together (gradients clipped at 1)."""
+              val: list[tuple[str, int]], task: Task, cfg: EvalConfig, pooling: str,
+              name: str) -> Fitted:
+    """The encoder and a head trained together (gradients clipped at 1)."""
     with torch.no_grad():  # how many layers the head mixes
         sample = tokenize(train[:2])
         num_layers = encoder(sample["input_ids"], sample["attention_mask"]).shape[1]
     head = Head(num_layers, encoder.hidden_size, len(task.labels), dropout=0.1)
     module = Classifier(head, cfg.lr, encoder, pooling, schedule=True)
-    trainer = _trainer(cfg, f"finetune {name}", cfg.epochs, clip=1.0)
-    trainer.fit(module, _loader(train, cfg.batch_size, seed=cfg.seed, collate=tokenize))
-    return torch.cat(trainer.predict(module, _loader(task.eval, 64, collate=tokenize)))
+    return _fit_best(cfg, f"finetune {name}", module,
+                     _loader(train, cfg.batch_size, seed=cfg.seed, collate=tokenize),
+                     _loader(val, 64, collate=tokenize) if val else None, _labels(val),
+                     _loader(task.eval, 64, collate=tokenize), clip=1.0)
 
 
 def run_evaluation(
@@ -314,17 +429,25 @@ def run_evaluation(
     cfg: EvalConfig,
     pooling: str,
     name: str,
+    seed: int | None = None,
 ) -> EvalResult:
-    """Train a head (and, unless probing, the encoder) on ``task.train``; score ``task.eval``."""
+    """Train a head (and, unless probing, the encoder) on ``task.train`` less a validation
+    split; score ``task.eval`` at the epoch with the best validation accuracy.
+
+    The training subset and the validation split follow ``cfg.seed``; this run's training
+    (head, dropout, order of examples) follows ``seed`` (default ``cfg.seed``).
+    """
     start = time.perf_counter()
+    cfg.check()
+    train, val = split_train(task.train, cfg.val_fraction, cfg.max_train, cfg.seed)
+    cfg = replace(cfg.resolved(encoder.hidden_size), seed=cfg.seed if seed is None else seed)
     torch.manual_seed(cfg.seed)
-    train = _subset(task.train, cfg.max_train, cfg.seed)
-    cfg = cfg.resolved()
     tokenize = _Tokenize(tokenizer, cfg.max_length)
     with _quiet_lightning():
         run = _probe if cfg.probe else _finetune
-        preds = run(encoder, tokenize, train, task, cfg, pooling, name)
-    accuracy, f1 = scores(preds, torch.tensor([y for _, y in task.eval]), len(task.labels))
+        preds, seed_run = run(encoder, tokenize, train, val, task, cfg, pooling, name)
+    accuracy, f1 = scores(preds, _labels(task.eval), len(task.labels))
     return EvalResult(task.name, name, cfg.mode, task.eval_split, accuracy, f1, len(train),
-                      len(task.eval), time.perf_counter() - start)
-
+                      len(task.eval), time.perf_counter() - start, num_val=len(val),
+                      epochs=int(cfg.epochs or 0), lr=float(cfg.lr or 0.0),
+                      runs=[replace(seed_run, accuracy=accuracy, macro_f1=f1)])

@@ -13,8 +13,8 @@ Follows google-research/albert ``create_pretraining_data.py``:
 * **SOP**: each block (one document) is split at a random sentence boundary into two
   consecutive segments; label 0 keeps them in order, 1 swaps them (``sentence_order_label``).
 
-Built on :class:`~plmkit.plugins.bert.BertCollator` with ``sentence_task="sop"``: only the
-selection and the label name differ. Importable without Lightning.
+Only the selection and the label name differ from :class:`~plmkit.mlm.MlmCollator`.
+Importable without Lightning.
 """
 
 from __future__ import annotations
@@ -22,49 +22,32 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from plmkit import masking as masking_ops
-from plmkit.config import MaskingConfig
-from plmkit.plugins.bert.collator import BertCollator
+from plmkit.mlm import MlmCollator
 
 
-class AlbertCollator(BertCollator):
+class AlbertCollator(MlmCollator):
     """n-gram masked LM + sentence-order batches for ``AlbertForPreTraining``.
 
-    Returns ``input_ids``, ``attention_mask``, ``token_type_ids``, ``labels`` and (with SOP)
-    ``sentence_order_label``; with ``return_spans`` also ``span_ids`` (-1 outside chosen
-    n-grams, else an id per n-gram) and ``word_ids`` (-1 on special tokens and padding).
+    With ``return_spans`` the batch also holds ``span_ids`` (-1 outside chosen n-grams, else
+    an id per n-gram) and ``word_ids`` (-1 on special tokens and padding), for inspection.
 
     Args:
-        tokenizer, max_length, masking, short_seq_prob, seed: as
-            :class:`~plmkit.plugins.bert.BertCollator`.
         max_ngram: the longest n-gram, in words (3).
         ngram_probs: relative weights of n = 1..max_ngram (default 1/n).
         sop: build sentence-order pairs (else single segments, MLM only).
-        return_spans: also return ``span_ids`` and ``word_ids`` (for inspection and tests).
+        return_spans: also return ``span_ids`` and ``word_ids``.
+        **kwargs: the other arguments of :class:`~plmkit.mlm.MlmCollator`.
     """
 
-    def __init__(
-        self,
-        tokenizer: Any,
-        max_length: int = 512,
-        masking: MaskingConfig = MaskingConfig(),
-        max_ngram: int = 3,
-        ngram_probs: Sequence[float] | None = None,
-        sop: bool = True,
-        short_seq_prob: float = 0.1,
-        return_spans: bool = False,
-        seed: int = 0,
-        generator: torch.Generator | None = None,
-    ) -> None:
-        super().__init__(tokenizer, max_length=max_length, masking=masking,
-                         sentence_task="sop" if sop else None, short_seq_prob=short_seq_prob,
-                         seed=seed, generator=generator)
-        self.max_ngram = max_ngram
+    def __init__(self, tokenizer: Any, max_length: int = 512, max_ngram: int = 3,
+                 ngram_probs: Sequence[float] | None = None, sop: bool = True,
+                 return_spans: bool = False, **kwargs: Any) -> None:
+        super().__init__(tokenizer, max_length, sentence_task="sop" if sop else None, **kwargs)
+        self.max_ngram, self.return_spans = max_ngram, return_spans
         self.ngram_probs = list(ngram_probs) if ngram_probs is not None else None
-        self.return_spans = return_spans
 
     def select(self, candidates: Tensor, word_ids: Tensor,
                num_tokens: Tensor | None = None) -> Tensor:

@@ -9,8 +9,8 @@ from transformers import AlbertConfig, AlbertForPreTraining
 from transformers.models.albert.modeling_albert import AlbertLayer
 
 from plmkit.config import EncoderConfig
-from plmkit.encoder import EncoderObjective
-from plmkit.heads import classification_loss, masked_lm_loss
+from plmkit.encoder import ENCODER_SHAPE_FIELDS, EncoderObjective
+from plmkit.heads import mlm_and_sentence_loss
 from plmkit.plugins.albert.collator import AlbertCollator
 
 
@@ -23,6 +23,10 @@ class AlbertObjective(EncoderObjective):
 
     objective_name = "albert"
     packing = "document"
+    collator_class = AlbertCollator
+    shape_fields = {**ENCODER_SHAPE_FIELDS, "embedding_size": "encoder.embedding_size",
+                    "num_hidden_groups": "num_hidden_groups", "inner_group_num": None}
+    block_class = AlbertLayer
 
     def __init__(
         self,
@@ -53,37 +57,23 @@ class AlbertObjective(EncoderObjective):
     def build_model(self) -> nn.Module:
         tok = self.tokenizer
         assert tok is not None
-        config = AlbertConfig(
-            vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=tok.cls_token_id,
-            eos_token_id=tok.sep_token_id, type_vocab_size=2, inner_group_num=1,
-            embedding_size=self.encoder.embedding_size, num_hidden_groups=self.num_hidden_groups,
-            hidden_act=self.hidden_act, **self.encoder.hf_kwargs(self.max_length),
-        )
-        config._attn_implementation = self.encoder.attention
-        model = AlbertForPreTraining(config)
+        model = AlbertForPreTraining(self.hf_config(
+            AlbertConfig, bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id,
+            type_vocab_size=2, inner_group_num=1, embedding_size=self.encoder.embedding_size,
+            num_hidden_groups=self.num_hidden_groups, hidden_act=self.hidden_act,
+        ))
         # ALBERT's get_sentence_order_output is a plain dense layer; transformers' SOP head
         # applies classifier_dropout_prob, which the config keeps for fine-tuning classifiers
         model.sop_classifier.dropout = nn.Identity()
         return model
 
-    def build_collator(self, seed: int = 0) -> AlbertCollator:
-        return AlbertCollator(self.tokenizer, max_length=self.max_length, masking=self.masking,
-                              max_ngram=self.max_ngram, sop=self.sop,
-                              short_seq_prob=self.short_seq_prob, seed=seed)
-
-    def block_classes(self) -> tuple[type[nn.Module], ...]:
-        return (AlbertLayer,)
+    def collator_options(self) -> dict[str, Any]:
+        return {"max_ngram": self.max_ngram, "sop": self.sop,
+                "short_seq_prob": self.short_seq_prob}
 
     def compute_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         model: AlbertForPreTraining = self.model  # type: ignore[assignment]
         hidden, pooled = model.albert(batch["input_ids"], batch["attention_mask"],
                                       batch["token_type_ids"], return_dict=False)[:2]
-        mlm_loss, mlm_acc, _ = masked_lm_loss(hidden, batch["labels"], model.predictions)
-        metrics = {"mlm_loss": mlm_loss.detach(), "mlm_acc": mlm_acc}
-        loss = mlm_loss
-        if "sentence_order_label" in batch:
-            logits = model.sop_classifier(pooled)
-            sop_loss, sop_acc = classification_loss(logits, batch["sentence_order_label"])
-            metrics.update(sop_loss=sop_loss.detach(), sop_acc=sop_acc)
-            loss = loss + sop_loss
-        return loss, metrics
+        return mlm_and_sentence_loss(hidden, pooled, batch, model.predictions,
+                                     model.sop_classifier, "sentence_order_label", "sop")

@@ -8,21 +8,11 @@ from torch import Tensor, nn
 from transformers import BertConfig, BertForPreTraining
 from transformers.models.bert.modeling_bert import BertLayer
 
-from plmkit.config import EncoderConfig
 from plmkit.encoder import EncoderObjective
 from plmkit.errors import PlmkitError
-from plmkit.heads import classification_loss, masked_lm_loss
+from plmkit.heads import mlm_and_sentence_loss
 from plmkit.objective import Packing
 from plmkit.plugins.bert.collator import BertCollator
-
-
-def bert_config(encoder: EncoderConfig, tokenizer: Any, max_length: int = 0) -> BertConfig:
-    """The ``BertConfig`` of ``encoder`` sized to ``tokenizer`` (positions: at least
-    ``max_length``), for the methods that train a BERT-architecture encoder."""
-    config = BertConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                        **encoder.hf_kwargs(max_length))
-    config._attn_implementation = encoder.attention
-    return config
 
 
 class BertObjective(EncoderObjective):
@@ -30,6 +20,8 @@ class BertObjective(EncoderObjective):
 
     objective_name = "bert"
     packing = "document"
+    collator_class = BertCollator
+    block_class = BertLayer
 
     def __init__(
         self,
@@ -58,36 +50,16 @@ class BertObjective(EncoderObjective):
         self.packing = packing  # read by the DataModule (instance value over the class's)
 
     def build_model(self) -> nn.Module:
-        return BertForPreTraining(bert_config(self.encoder, self.tokenizer, self.max_length))
+        return BertForPreTraining(self.hf_config(BertConfig))
 
-    def build_collator(self, seed: int = 0) -> BertCollator:
-        return BertCollator(
-            self.tokenizer,
-            max_length=self.max_length,
-            masking=self.masking,
-            sentence_task="nsp" if self.nsp else None,
-            short_seq_prob=self.short_seq_prob,
-            skip_inner_specials=self.packing == "stream",
-            seed=seed,
-        )
-
-    def block_classes(self) -> tuple[type[nn.Module], ...]:
-        return (BertLayer,)
+    def collator_options(self) -> dict[str, Any]:
+        return {"sentence_task": "nsp" if self.nsp else None,
+                "short_seq_prob": self.short_seq_prob,
+                "skip_inner_specials": self.packing == "stream"}
 
     def compute_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         model: BertForPreTraining = self.model  # type: ignore[assignment]
-        hidden, pooled = model.bert(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            token_type_ids=batch["token_type_ids"],
-            return_dict=False,
-        )[:2]
-        mlm_loss, mlm_acc, _ = masked_lm_loss(hidden, batch["labels"], model.cls.predictions)
-        metrics = {"mlm_loss": mlm_loss.detach(), "mlm_acc": mlm_acc}
-        loss = mlm_loss
-        if "next_sentence_label" in batch:
-            logits = model.cls.seq_relationship(pooled)
-            nsp_loss, nsp_acc = classification_loss(logits, batch["next_sentence_label"])
-            metrics.update(nsp_loss=nsp_loss.detach(), nsp_acc=nsp_acc)
-            loss = loss + nsp_loss
-        return loss, metrics
+        hidden, pooled = model.bert(batch["input_ids"], batch["attention_mask"],
+                                    batch["token_type_ids"], return_dict=False)[:2]
+        return mlm_and_sentence_loss(hidden, pooled, batch, model.cls.predictions,
+                                     model.cls.seq_relationship, "next_sentence_label", "nsp")

@@ -4,33 +4,14 @@
 Lightning: ``from plmkit.plugins.electra import ElectraCollator``.
 """
 
-from pathlib import Path
-
+from plmkit.plugin_hooks import method_hooks
 from plmkit.plugins.electra.collator import ElectraCollator
 from plmkit.registry import hookimpl
 
 __all__ = ["ElectraCollator", "ElectraObjective"]
-
-
-def __getattr__(name: str):
-    # The objective imports Lightning; load it lazily so the collator works without it.
-    if name == "ElectraObjective":
-        from plmkit.plugins.electra.model import ElectraObjective
-
-        return ElectraObjective
-    raise AttributeError(name)
-
-
-@hookimpl
-def plmkit_register_objectives():
-    from plmkit.plugins.electra.model import ElectraObjective
-
-    return [ElectraObjective]
-
-
-@hookimpl
-def plmkit_recipe_dirs():
-    return [Path(__file__).parent / "recipes"]
+__getattr__, plmkit_register_objectives, plmkit_recipe_dirs = method_hooks(
+    __name__, "ElectraObjective"
+)
 
 
 @hookimpl

@@ -31,7 +31,7 @@ from transformers.models.electra.modeling_electra import ElectraLayer
 
 from plmkit.collator import IGNORE_INDEX
 from plmkit.config import EncoderConfig, MaskingConfig, as_config
-from plmkit.encoder import EncoderObjective
+from plmkit.encoder import ENCODER_SHAPE_FIELDS, EncoderObjective
 from plmkit.errors import PlmkitError
 from plmkit.heads import masked_lm_loss
 from plmkit.plugins.electra.collator import ElectraCollator
@@ -176,9 +176,8 @@ def discriminator_metrics(out: ElectraOutput) -> dict[str, Tensor]:
 
 def generator_config(encoder: EncoderConfig,
                      generator: EncoderConfig | dict[str, Any] | None) -> EncoderConfig:
-    """The generator's resolved shape, with the discriminator's (shared) embedding width and
-    positions. By default ELECTRA-Small's rule: a quarter of the discriminator's width,
-    ``max(1, width // 64)`` heads, a 4 x width feed-forward, the same depth and dropout."""
+    """The generator's resolved shape (default: ELECTRA-Small's rule, see the objective's
+    ``generator`` argument) with the discriminator's shared embedding width and positions."""
     if generator is None:
         hidden = max(1, encoder.hidden_size // 4)  # type: ignore[operator]
         return replace(encoder, hidden_size=hidden, num_heads=max(1, hidden // 64),
@@ -196,6 +195,9 @@ class ElectraObjective(EncoderObjective):
 
     objective_name = "electra"
     packing = "stream"
+    collator_class = ElectraCollator
+    shape_fields = {**ENCODER_SHAPE_FIELDS, "embedding_size": "encoder.embedding_size"}
+    block_class = ElectraLayer
 
     def __init__(
         self,
@@ -216,7 +218,8 @@ class ElectraObjective(EncoderObjective):
                 projects them to its own hidden size).
             generator: the generator's shape (its embedding width and positions are the
                 discriminator's); default: a quarter of the discriminator's width,
-                ``max(1, width // 64)`` heads, a 4 x width feed-forward, the same depth.
+                ``max(1, width // 64)`` heads, a 4 x width feed-forward, the same depth and
+                dropout.
             masking: ELECTRA's: 85% [MASK], 15% unchanged, no random token, an exact count
                 capped at ``int((p + 0.005) * max_length)`` by default.
             temperature: sampling temperature of the generator's Gumbel-max samples.
@@ -239,23 +242,13 @@ class ElectraObjective(EncoderObjective):
         self.discriminator_weight = discriminator_weight
         self.discriminator_prior_init = discriminator_prior_init
 
-    def _config(self, tower: EncoderConfig) -> ElectraConfig:
-        assert self.tokenizer is not None
-        config = ElectraConfig(
-            vocab_size=len(self.tokenizer),
-            pad_token_id=self.tokenizer.pad_token_id,
-            embedding_size=tower.embedding_size,
-            tie_word_embeddings=True,
-            **tower.hf_kwargs(self.max_length),
-        )
-        config._attn_implementation = tower.attention
-        return config
-
     def build_model(self) -> ElectraPretrainingModel:
-        model = ElectraPretrainingModel(
-            self._config(self.encoder), self._config(self.generator), self.temperature,
-            self.disallow_correct,
+        discriminator, generator = (
+            self.hf_config(ElectraConfig, tower, embedding_size=tower.embedding_size,
+                           tie_word_embeddings=True) for tower in (self.encoder, self.generator)
         )
+        model = ElectraPretrainingModel(discriminator, generator, self.temperature,
+                                        self.disallow_correct)
         if self.discriminator_prior_init:
             p = self.masking.probability
             bias = model.discriminator.discriminator_predictions.dense_prediction.bias
@@ -263,20 +256,9 @@ class ElectraObjective(EncoderObjective):
                 bias.fill_(math.log(p / (1.0 - p)))
         return model
 
-    def build_collator(self, seed: int = 0) -> ElectraCollator:
-        return ElectraCollator(self.tokenizer, max_length=self.max_length, masking=self.masking,
-                               seed=seed)
-
-    def block_classes(self) -> tuple[type[nn.Module], ...]:
-        return (ElectraLayer,)
-
     def compute_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        out: ElectraOutput = self.model(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            labels=batch["labels"],
-            token_type_ids=batch.get("token_type_ids"),
-        )
+        out: ElectraOutput = self.model(batch["input_ids"], batch["attention_mask"],
+                                        batch["labels"], batch.get("token_type_ids"))
         loss = self.generator_weight * out.mlm_loss + self.discriminator_weight * out.disc_loss
         metrics = {
             "mlm_loss": out.mlm_loss.detach(),
@@ -291,16 +273,21 @@ class ElectraObjective(EncoderObjective):
         assert self.model is not None
         return self.model.discriminator  # type: ignore[return-value]
 
+    def pretrained_modules(self) -> dict[str, nn.Module]:
+        """``init_from`` loads the discriminator from the folder and the generator from its
+        ``generator/`` subfolder (``plmkit export --generator``); without one, the generator
+        starts fresh. The shared embeddings come from the discriminator."""
+        assert self.model is not None
+        return {"": self.model.discriminator, "generator": self.model.generator}
+
     def export(self, out_dir: str | Path, generator: bool = False, **options: Any) -> None:
         """Write the discriminator and the tokenizer to ``out_dir``; with ``generator=True``
         also the generator (``ElectraForMaskedLM``) and the tokenizer to ``out_dir/generator``.
 
         Each tower is saved with its own copy of the shared embeddings.
         """
-        assert self.model is not None and self.tokenizer is not None
-        out = Path(out_dir)
-        self.model.discriminator.save_pretrained(str(out))
-        self.tokenizer.save_pretrained(str(out))
+        super().export(out_dir)  # the discriminator (export_model) and the tokenizer
         if generator:
-            self.model.generator.save_pretrained(str(out / "generator"))
-            self.tokenizer.save_pretrained(str(out / "generator"))
+            assert self.model is not None and self.tokenizer is not None
+            self.model.generator.save_pretrained(str(Path(out_dir) / "generator"))
+            self.tokenizer.save_pretrained(str(Path(out_dir) / "generator"))

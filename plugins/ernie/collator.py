@@ -4,15 +4,15 @@ ERNIE masks a **phrase or a named entity as one unit** (all of its tokens or non
 basic-level (word) masking first, then phrase-level, then entity-level. Here:
 
 * **Spans** come from a lexicon matched on the fly
-  (:class:`~plmkit.plugins.ernie.lexicon.PhraseMatcher`; default: the bundled WordNet
-  lexicon, ``person`` / ``location`` / ``group`` entries are entities, the others phrases)
-  or, per example, from precomputed token offsets: an example may carry ``entity_spans``
-  and/or ``phrase_spans``, (num_spans, 2) long tensors of token ``[start, end)`` offsets into
-  its ``input_ids`` (clipped to them); an example that carries either field is **not**
-  matched against the lexicon. A precomputed span that the pair building cuts (truncation,
-  the A/B split) is dropped; where precomputed spans overlap, the entity wins and the other
-  is dropped. Spans should align with words; a span that starts inside a word is merged with
-  that word's head (still all or none of the span).
+  (:class:`~plmkit.plugins.ernie.lexicon.PhraseMatcher`; default: the bundled WordNet lexicon,
+  ``person`` / ``location`` / ``group`` entries are entities, the others phrases) or from an
+  example's own ``entity_spans`` / ``phrase_spans``: (num_spans, 2) long tensors of token
+  ``[start, end)`` offsets into its ``input_ids``, clipped to them (such an example is **not**
+  matched against the lexicon). With ``--data.entity_field`` the data pipeline maps a
+  jsonl/parquet field of character-offset spans to per-token ``entity_ids`` (-1 outside),
+  whose runs of one id are the example's ``entity_spans``. A precomputed span that the pair
+  building cuts (truncation, the A/B split) is dropped, and so is a phrase that overlaps an
+  entity. A span that starts inside a word is merged with that word's head.
 * **Levels**: every row draws one level from the current *mix* ``{token: a, phrase: b,
   entity: c}`` (ERNIE's released reader likewise decides per sentence between word- and
   char-level masking). ``token``: only basic units. ``phrase``: each matched phrase is one
@@ -25,10 +25,6 @@ basic-level (word) masking first, then phrase-level, then entity-level. Here:
   only, a unit that does not fit is skipped and the next tried), or Bernoulli(0.15) per unit
   with ``masking.exact_count=False`` (the reader's rule). 80/10/10 is decided per token, as
   in the reader.
-* **From the corpus**: with ``--data.entity_field`` the data pipeline maps a jsonl/parquet
-  field of character-offset spans to tokens and the examples carry ``entity_ids`` (per token,
-  the span it belongs to, -1 outside); such an example's runs of one id are its
-  ``entity_spans``.
 
 **Schedule.** ``level_schedule`` is a list of ``(start_step, mix)``; the mix in force is the
 last one whose start step is <= the collator's *step*. plmkit's loader calls
@@ -55,7 +51,7 @@ from torch import Tensor
 from plmkit import masking as masking_ops
 from plmkit.config import MaskingConfig, SpecialTokens
 from plmkit.errors import PlmkitError
-from plmkit.plugins.bert.collator import BertCollator
+from plmkit.mlm import MlmCollator
 from plmkit.plugins.ernie.lexicon import (
     ENTITY,
     PHRASE,
@@ -66,6 +62,7 @@ from plmkit.plugins.ernie.lexicon import (
     span_units,
     spans_from_offsets,
 )
+from plmkit.segments import Segments
 
 LEVELS: tuple[str, ...] = ("token", "phrase", "entity")
 TOKEN, PHRASE_LEVEL, ENTITY_LEVEL = 0, 1, 2
@@ -113,10 +110,10 @@ def _entity_spans(example: dict[str, Any]) -> Tensor | None:
     return torch.stack([starts, ends], dim=1)
 
 
-class ErnieCollator(BertCollator):
-    """Phrase- and entity-level masking (ERNIE 1.0) on top of BERT's collator.
+class ErnieCollator(MlmCollator):
+    """Phrase- and entity-level masking (ERNIE 1.0) on top of BERT's inputs and corruption.
 
-    Takes the arguments of :class:`~plmkit.plugins.bert.BertCollator`; ``masking.whole_word``
+    Takes the arguments of :class:`~plmkit.mlm.MlmCollator`; ``masking.whole_word``
     (default true here) makes the basic units outside spans whole words, else single tokens.
 
     Args:
@@ -165,12 +162,9 @@ class ErnieCollator(BertCollator):
             self.matcher = PhraseMatcher.from_tokenizer(tokenizer, lexicon, max_span_tokens)
         self.level_mix = mix_vector(level_mix)
         self.level_schedule = _schedule(level_schedule)
-        self.selection_passes, self.return_spans = selection_passes, return_spans
-        self.return_level = return_level
-        self.step_counter = step_counter
+        self.selection_passes, self.step_counter = selection_passes, step_counter
+        self.return_spans, self.return_level = return_spans, return_level
         self._step: int | None = None
-        # raw positions are passed through the pair builder as ids >= this offset
-        self._index_offset = max(self.tokens.cls, self.tokens.sep, self.tokens.pad) + 1
 
     # ------------------------------------------------------------------ schedule
     def set_step(self, step: int) -> None:
@@ -192,68 +186,38 @@ class ErnieCollator(BertCollator):
         return mix
 
     # ------------------------------------------------------------------ batch
-    def _pairs(self, examples: list[dict[str, Any]]) -> tuple[Any, Tensor, Tensor, int]:
-        """Build the pairs with BERT's ``segments()`` on *source indices* instead of ids.
-
-        Returns ``(segments, input_ids, source, width)``: ``source`` is, for every output
-        position, ``row * width + column`` of the raw token it holds (-1 on special tokens
-        and padding), so any per-token field of the examples can be gathered afterwards.
-        """
-        width = max(len(e["input_ids"]) for e in examples)
-        offset = self._index_offset
-        proxies = [
-            {**e, "input_ids": torch.arange(len(e["input_ids"])) + offset + i * width}
-            for i, e in enumerate(examples)
-        ]
-        seg = self.segments(proxies)
-        source = torch.where(seg.input_ids >= offset, seg.input_ids - offset, -1)
-        raw = self.pad(examples, "input_ids", self.tokens.pad, length=width).flatten()
-        input_ids = torch.where(source >= 0, raw[source.clamp(min=0)], seg.input_ids)
-        return seg, input_ids, source, width
-
-    def _precomputed(
-        self, examples: list[dict[str, Any]], source: Tensor, width: int
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """(span start, span kind, from-precomputed mask) of precomputed spans, per position."""
-        batch = len(examples)
+    def spans(self, examples: list[dict[str, Any]], seg: Segments, content: Tensor
+              ) -> tuple[Tensor, Tensor]:
+        """Per position, the start of the phrase / entity span holding it (-1 outside) and
+        its kind: an example's precomputed spans where it has any, else lexicon matches."""
         entity_spans = [_entity_spans(e) for e in examples]
-        has = torch.tensor([
-            spans is not None or e.get("phrase_spans") is not None
-            for spans, e in zip(entity_spans, examples)
-        ])
-        minus = torch.full(source.shape, -1, dtype=torch.long)
-        if not bool(has.any()):
-            return minus, minus.clone(), torch.zeros(source.shape, dtype=torch.bool)
+        phrase_spans = [e.get("phrase_spans") for e in examples]
+        has = torch.tensor([e is not None or p is not None
+                            for e, p in zip(entity_spans, phrase_spans)])
         lengths = [len(e["input_ids"]) for e in examples]
-        tag_e, len_e, kind_e = spans_from_offsets(
-            entity_spans, width, [ENTITY] * batch, lengths
-        )
-        tag_p, len_p, kind_p = spans_from_offsets(
-            [e.get("phrase_spans") for e in examples], width, [PHRASE] * batch, lengths
-        )
-        entity = tag_e >= 0
+        batch, width = len(examples), max(lengths)
+        tag_e, len_e, kind_e = spans_from_offsets(entity_spans, width, [ENTITY] * batch, lengths)
+        tag_p, len_p, kind_p = spans_from_offsets(phrase_spans, width, [PHRASE] * batch, lengths)
+        entity = tag_e >= 0  # where they overlap, the entity wins
         tag = torch.where(entity, tag_e, torch.where(tag_p >= 0, tag_p + batch * width, -1))
-        length = torch.where(entity, len_e, len_p)
-        kind = torch.where(entity, kind_e, kind_p)
-        inside = source >= 0
-        src = source.clamp(min=0)
-        out_tag = torch.where(inside, tag.flatten()[src], -1)
-        start = complete_runs(out_tag, torch.where(inside, length.flatten()[src], 0))
-        out_kind = torch.where(start >= 0, kind.flatten()[src], -1)
-        from_pre = inside & has[src // width]
-        return start, out_kind, from_pre
+        length, kind = torch.where(entity, len_e, len_p), torch.where(entity, kind_e, kind_p)
+        # gathered at the output positions: a span cut by truncation or the A/B split is dropped
+        inside, row, col = seg.source_col >= 0, seg.source_row, seg.source_col.clamp(min=0)
+        start = complete_runs(torch.where(inside, tag[row, col], -1),
+                              torch.where(inside, length[row, col], 0))
+        kind = torch.where(start >= 0, kind[row, col], -1)
+        precomputed = inside & has[row]
+        if self.matcher is None:
+            return start, kind
+        found = self.matcher.match(seg.input_ids, seg.word_ids, candidates=content & ~precomputed)
+        return (torch.where(precomputed, start, found.start),
+                torch.where(precomputed, kind, found.kind))
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Tensor]:
-        seg, ids, source, width = self._pairs(examples)
-        batch, length = ids.shape
-        content = seg.attention_mask.bool() & ~seg.special_mask
-        pre_start, pre_kind, from_pre = self._precomputed(examples, source, width)
-        if self.matcher is not None:
-            found = self.matcher.match(ids, seg.word_ids, candidates=content & ~from_pre)
-            start = torch.where(from_pre, pre_start, found.start)
-            kind = torch.where(from_pre, pre_kind, found.kind)
-        else:
-            start, kind = pre_start, pre_kind
+        seg = self.segments(examples)
+        content = self.candidates(seg)
+        start, kind = self.spans(examples, seg, content)
+        batch, length = content.shape
         level = torch.multinomial(
             self.current_mix(), batch, replacement=True, generator=self.generator
         )
@@ -261,34 +225,15 @@ class ErnieCollator(BertCollator):
             ((level == PHRASE_LEVEL).unsqueeze(1) & (kind == PHRASE))
             | ((level == ENTITY_LEVEL).unsqueeze(1) & (kind == ENTITY))
         )
-        if self.masking.whole_word:
-            basic = torch.where(content, seg.word_ids, -1)
-        else:
-            basic = torch.where(content, torch.arange(length).expand(batch, length), -1)
-        units = span_units(basic, start, active)
+        words = seg.word_ids if self.masking.whole_word else torch.arange(length).expand_as(content)
+        units = span_units(torch.where(content, words, -1), start, active)
         if self.masking.exact_count:
-            counts = masking_ops.exact_counts(
-                content.sum(dim=1), self.masking.probability, self.max_predictions
-            )
-            selected = select_units(
-                content, units, counts, self.generator, self.selection_passes
-            )
+            selected = select_units(content, units, self.budgets(content), self.generator,
+                                    self.selection_passes)
         else:
-            selected = masking_ops.select_bernoulli(
-                content, self.masking.probability, self.generator, units
-            )
-        input_ids, labels = masking_ops.corrupt(
-            ids, selected, self.generator, self.tokens.mask, self.random_ids,
-            self.masking.mask_rate, self.masking.random_rate,
-        )
-        out = {
-            "input_ids": input_ids,
-            "attention_mask": seg.attention_mask,
-            "token_type_ids": seg.token_type_ids,
-            "labels": labels,
-        }
-        if seg.sentence_label is not None:
-            out["next_sentence_label"] = seg.sentence_label
+            selected = masking_ops.select_bernoulli(content, self.masking.probability,
+                                                    self.generator, units)
+        out = self.masked_batch(seg, selected)
         if self.return_spans:
             out["span_start"] = torch.where(active, start, -1)
         if self.return_level:

@@ -26,6 +26,7 @@ class ErnieObjective(BertObjective):
     """ERNIE 1.0: phrase- and entity-level masking in stages + BERT's MLM (Sun+ 2019)."""
 
     objective_name = "ernie"
+    collator_class = ErnieCollator
 
     def __init__(
         self,
@@ -63,20 +64,17 @@ class ErnieObjective(BertObjective):
         self.level_mix, self.level_schedule = level_mix, level_schedule
         self._matcher: PhraseMatcher | None = None  # built once, shared by the collators
 
+    def collator_options(self) -> dict[str, Any]:
+        # BERT's (short_seq_prob; with stream packing the separators inside a block are
+        # never masked), then ERNIE's own
+        return {**super().collator_options(),
+                "lexicon": self._matcher if self._matcher is not None else self.lexicon,
+                "max_span_tokens": self.max_span_tokens, "sentence_task": self.sentence_task,
+                "level_mix": self.level_mix, "level_schedule": self.level_schedule,
+                "return_level": True}
+
     def build_collator(self, seed: int = 0) -> ErnieCollator:
-        collator = ErnieCollator(
-            self.tokenizer,
-            lexicon=self._matcher if self._matcher is not None else self.lexicon,
-            max_span_tokens=self.max_span_tokens,
-            max_length=self.max_length,
-            masking=self.masking,
-            sentence_task=self.sentence_task,
-            short_seq_prob=self.short_seq_prob,
-            level_mix=self.level_mix,
-            level_schedule=self.level_schedule,
-            return_level=True,
-            seed=seed,
-        )
+        collator: ErnieCollator = super().build_collator(seed)  # type: ignore[assignment]
         self._matcher = collator.matcher
         return collator
 

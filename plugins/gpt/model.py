@@ -28,6 +28,9 @@ class GptObjective(Objective):
 
     objective_name = "gpt"
     packing = "stream"
+    shape_fields = {"vocab_size": None, "n_embd": "hidden_size", "n_layer": "num_layers",
+                    "n_head": "num_heads", "n_inner": "intermediate_size",
+                    "n_positions": "max_position_embeddings"}
 
     def __init__(
         self,

@@ -3,30 +3,10 @@
 ``RobertaCollator`` can be used on its own, without Lightning.
 """
 
-from pathlib import Path
-
+from plmkit.plugin_hooks import method_hooks
 from plmkit.plugins.roberta.collator import RobertaCollator
-from plmkit.registry import hookimpl
 
 __all__ = ["RobertaCollator", "RobertaObjective"]
-
-
-def __getattr__(name: str):
-    # The objective imports Lightning; load it lazily so the collator works without it.
-    if name == "RobertaObjective":
-        from plmkit.plugins.roberta.model import RobertaObjective
-
-        return RobertaObjective
-    raise AttributeError(name)
-
-
-@hookimpl
-def plmkit_register_objectives():
-    from plmkit.plugins.roberta.model import RobertaObjective
-
-    return [RobertaObjective]
-
-
-@hookimpl
-def plmkit_recipe_dirs():
-    return [Path(__file__).parent / "recipes"]
+__getattr__, plmkit_register_objectives, plmkit_recipe_dirs = method_hooks(
+    __name__, "RobertaObjective"
+)

@@ -12,8 +12,8 @@ Follows fairseq ``examples/roberta`` (``MaskTokensDataset``):
   ``[CLS] block [SEP]`` (fairseq's ``<s> x </s>``), no token types, no sentence task.
 
 The document separators inside a block are never selected (fairseq can mask those ``</s>``;
-predicting a separator teaches nothing). Built on :class:`~plmkit.plugins.bert.BertCollator`:
-only the count rule differs. Importable without Lightning.
+predicting a separator teaches nothing). Only the count rule differs from
+:class:`~plmkit.mlm.MlmCollator`. Importable without Lightning.
 """
 
 from __future__ import annotations
@@ -23,42 +23,26 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from plmkit import masking as masking_ops
-from plmkit.config import MaskingConfig
-from plmkit.plugins.bert.collator import BertCollator
+from plmkit.mlm import MlmCollator
 
 
-class RobertaCollator(BertCollator):
+class RobertaCollator(MlmCollator):
     """Dynamically masked single-segment MLM batches: input_ids, attention_mask, labels.
 
     Args: ``tokenizer``, ``max_length``, ``masking``, ``seed`` as
-    :class:`~plmkit.plugins.bert.BertCollator`.
+    :class:`~plmkit.mlm.MlmCollator`.
     """
 
-    def __init__(
-        self,
-        tokenizer: Any,
-        max_length: int = 512,
-        masking: MaskingConfig = MaskingConfig(),
-        seed: int = 0,
-        generator: torch.Generator | None = None,
-    ) -> None:
-        super().__init__(tokenizer, max_length=max_length, masking=masking, sentence_task=None,
-                         short_seq_prob=0.0, skip_inner_specials=True, seed=seed,
-                         generator=generator)
+    def __init__(self, tokenizer: Any, max_length: int = 512, **kwargs: Any) -> None:
+        super().__init__(tokenizer, max_length, sentence_task=None, short_seq_prob=0.0,
+                         skip_inner_specials=True, **kwargs)
 
-    def select(self, candidates: Tensor, word_ids: Tensor,
-               num_tokens: Tensor | None = None) -> Tensor:
-        """fairseq's ``int(p * n + U[0, 1))`` positions per row, or Bernoulli(p) per token."""
-        if not self.masking.exact_count:
-            return super().select(candidates, word_ids, num_tokens)
+    def budgets(self, candidates: Tensor, num_tokens: Tensor | None = None) -> Tensor:
+        """fairseq's ``int(p * n + U[0, 1))`` for the ``n`` candidates of each row."""
         n = candidates.sum(dim=1)
         noise = torch.rand(n.shape, generator=self.generator, dtype=torch.float64)
         counts = torch.floor(self.masking.probability * n.double() + noise).long()
-        cap = self.masking.max_predictions or self.max_length
-        units = word_ids if self.masking.whole_word else None
-        return masking_ops.select_exact(candidates, counts.clamp(max=cap).minimum(n),
-                                        self.generator, units)
+        return counts.clamp(max=self.masking.max_predictions or self.max_length).minimum(n)
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Tensor]:
         batch = super().__call__(examples)

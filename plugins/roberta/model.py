@@ -7,7 +7,7 @@ from transformers import RobertaConfig, RobertaForMaskedLM
 from transformers.models.roberta.modeling_roberta import RobertaLayer
 
 from plmkit.encoder import EncoderObjective
-from plmkit.heads import masked_lm_loss
+from plmkit.heads import mlm_loss
 from plmkit.plugins.roberta.collator import RobertaCollator
 
 
@@ -21,28 +21,20 @@ class RobertaObjective(EncoderObjective):
 
     objective_name = "roberta"
     packing = "sentences"  # FULL-SENTENCES: whole sentences, crossing documents
+    collator_class = RobertaCollator
+    block_class = RobertaLayer
 
     def build_model(self) -> nn.Module:
         tok = self.tokenizer
         assert tok is not None
-        sizes = self.encoder.hf_kwargs(self.max_length)
         # positions run from pad_id + 1 to pad_id + max_length (HF create_position_ids)
-        sizes["max_position_embeddings"] += max(2, tok.pad_token_id + 1)
-        config = RobertaConfig(vocab_size=len(tok), pad_token_id=tok.pad_token_id,
-                               bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id,
-                               type_vocab_size=1, **sizes)
-        config._attn_implementation = self.encoder.attention
-        return RobertaForMaskedLM(config)
-
-    def build_collator(self, seed: int = 0) -> RobertaCollator:
-        return RobertaCollator(self.tokenizer, max_length=self.max_length, masking=self.masking,
-                               seed=seed)
-
-    def block_classes(self) -> tuple[type[nn.Module], ...]:
-        return (RobertaLayer,)
+        positions = self.encoder.hf_kwargs(self.max_length)["max_position_embeddings"]
+        return RobertaForMaskedLM(self.hf_config(
+            RobertaConfig, max_position_embeddings=positions + max(2, tok.pad_token_id + 1),
+            bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id, type_vocab_size=1,
+        ))
 
     def compute_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         model: RobertaForMaskedLM = self.model  # type: ignore[assignment]
         hidden = model.roberta(batch["input_ids"], batch["attention_mask"], return_dict=False)[0]
-        loss, accuracy, _ = masked_lm_loss(hidden, batch["labels"], model.lm_head)
-        return loss, {"mlm_loss": loss.detach(), "mlm_acc": accuracy}
+        return mlm_loss(hidden, batch["labels"], model.lm_head)

@@ -16,7 +16,8 @@ Follows facebookresearch/SpanBERT ``pretraining/fairseq/data/masking.py``
   ``[SEP]`` gets no SBO targets, and only its first ``max_span_targets`` (15) tokens get SBO
   targets (the original cuts each span's target list there); the MLM targets are unaffected.
 
-Importable without Lightning.
+The inputs and the corruption are :class:`~plmkit.mlm.MlmCollator`'s; the budget, the spans
+and the SBO targets are SpanBERT's. Importable without Lightning.
 """
 
 from __future__ import annotations
@@ -27,12 +28,11 @@ import torch
 from torch import Tensor
 
 from plmkit import masking as masking_ops
-from plmkit.collator import IGNORE_INDEX, Collator
-from plmkit.config import MaskingConfig, SpecialTokens
-from plmkit.segments import build_segments
+from plmkit.collator import IGNORE_INDEX
+from plmkit.mlm import MlmCollator
 
 
-class SpanBertCollator(Collator):
+class SpanBertCollator(MlmCollator):
     """Span-masked LM batches with Span Boundary Objective targets.
 
     The batch holds ``input_ids``, ``attention_mask``, ``token_type_ids`` (all 0), ``labels``
@@ -43,75 +43,43 @@ class SpanBertCollator(Collator):
     * ``sbo_left`` / ``sbo_right``: the positions ``s - 1`` / ``e + 1`` just outside its span;
     * ``sbo_position``: its relative position ``i - s`` in the span (0 .. max_span_targets-1).
 
+    ``masking``: the budget is ``ceil(probability * n)`` tokens, capped by ``max_predictions``
+    only when set (the original has no cap); ``mask_rate`` / ``random_rate`` are decided per
+    span; spans always cover whole words and the budget is always exact (``whole_word`` and
+    ``exact_count`` are not read).
+
     Args:
-        tokenizer: a Hugging Face tokenizer with [CLS]/[SEP]/[PAD]/[MASK], or its
-            :class:`~plmkit.config.SpecialTokens`.
-        max_length: the longest model input (special tokens included).
-        masking: the budget is ``ceil(probability * n)`` tokens, capped by
-            ``max_predictions`` when set (the original has no cap); ``mask_rate`` /
-            ``random_rate`` are decided per span. Spans always cover whole words and the
-            budget is always exact: ``whole_word`` and ``exact_count`` are not read.
         geometric_p: parameter of the geometric law of span lengths (in words).
         min_span, max_span: the span-length range in words the law is clipped to.
         max_span_targets: SBO targets per span (relative positions 0 .. max_span_targets-1).
         truncate_last_span: cut the last span at the budget (original); else keep its words.
-        seed: seed of the collator's generator (see :class:`plmkit.collator.Collator`).
+        **kwargs: ``masking``, ``seed``, ... as :class:`~plmkit.mlm.MlmCollator`.
     """
 
-    num_special_tokens = 2  # [CLS] x [SEP]
-
-    def __init__(
-        self,
-        tokenizer: Any,
-        max_length: int = 512,
-        masking: MaskingConfig = MaskingConfig(),
-        geometric_p: float = 0.2,
-        min_span: int = 1,
-        max_span: int = 10,
-        max_span_targets: int = 15,
-        truncate_last_span: bool = True,
-        seed: int = 0,
-        generator: torch.Generator | None = None,
-    ) -> None:
-        super().__init__(seed, generator)
-        if max_length < 3:
-            raise ValueError(f"max_length must be at least 3, got {max_length}")
-        self.tokens = SpecialTokens.from_tokenizer(tokenizer)
-        self.max_length, self.masking = max_length, masking
-        self.geometric_p, self.min_span, self.max_span = geometric_p, min_span, max_span
+    def __init__(self, tokenizer: Any, max_length: int = 512, geometric_p: float = 0.2,
+                 min_span: int = 1, max_span: int = 10, max_span_targets: int = 15,
+                 truncate_last_span: bool = True, **kwargs: Any) -> None:
+        super().__init__(tokenizer, max_length, sentence_task=None, short_seq_prob=0.0,
+                         **kwargs)
+        self.max_predictions = self.masking.max_predictions  # no default cap
         # validates the law once, at construction
         masking_ops.geometric_length_probs(geometric_p, min_span, max_span)
-        self.max_span_targets = max_span_targets
-        self.truncate_last_span = truncate_last_span
-        self.random_ids = masking_ops.non_special_ids(self.tokens.vocab_size, self.tokens.all)
+        self.geometric_p, self.min_span, self.max_span = geometric_p, min_span, max_span
+        self.max_span_targets, self.truncate_last_span = max_span_targets, truncate_last_span
+
+    def budgets(self, candidates: Tensor, num_tokens: Tensor | None = None) -> Tensor:
+        """``ceil(p * n)`` of the ``n`` candidates (in float64, like the original)."""
+        return masking_ops.ceil_counts(candidates.sum(dim=1), self.masking.probability,
+                                       self.max_predictions)
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Tensor]:
-        room = self.max_length - self.num_special_tokens
-        ids = self.pad(examples, "input_ids", self.tokens.pad)[:, :room]
-        lengths = torch.tensor([min(len(e["input_ids"]), room) for e in examples])
-        word_ids = self.pad(examples, "word_ids", -1)[:, :room]
-        seg = build_segments(
-            ids, lengths, word_ids, torch.zeros_like(ids), self.generator,
-            self.tokens.cls, self.tokens.sep, self.tokens.pad, task=None, short_seq_prob=0.0,
-        )
-        candidates = seg.attention_mask.bool() & ~seg.special_mask
-        counts = masking_ops.ceil_counts(  # ceil(p * n) in float64, like the original
-            candidates.sum(dim=1), self.masking.probability, self.masking.max_predictions
-        )
+        seg = self.segments(examples)
+        candidates = self.candidates(seg)
         selected, span_ids = masking_ops.select_geometric_spans(
-            candidates, seg.word_ids, counts, self.generator, self.geometric_p,
-            self.min_span, self.max_span, truncate=self.truncate_last_span,
+            candidates, seg.word_ids, self.budgets(candidates), self.generator,
+            self.geometric_p, self.min_span, self.max_span, truncate=self.truncate_last_span,
         )
-        input_ids, labels = masking_ops.corrupt(
-            seg.input_ids, selected, self.generator, self.tokens.mask, self.random_ids,
-            self.masking.mask_rate, self.masking.random_rate, unit_ids=span_ids,
-        )
-        batch = {
-            "input_ids": input_ids,
-            "attention_mask": seg.attention_mask,
-            "token_type_ids": seg.token_type_ids,
-            "labels": labels,
-        }
+        batch = self.masked_batch(seg, selected, unit_ids=span_ids)  # 80/10/10 per span
         batch.update(self.sbo_targets(seg.input_ids, span_ids, candidates))
         return batch
 
@@ -137,4 +105,3 @@ class SpanBertCollator(Collator):
             "sbo_right": torch.where(has_target, right, ignore),
             "sbo_position": torch.where(has_target, relative, ignore),
         }
-

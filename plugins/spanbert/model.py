@@ -19,8 +19,7 @@ from transformers.models.bert.modeling_bert import BertLayer
 
 from plmkit.collator import IGNORE_INDEX
 from plmkit.encoder import EncoderObjective
-from plmkit.heads import masked_lm_loss
-from plmkit.plugins.bert.model import bert_config
+from plmkit.heads import classification_loss, masked_lm_loss
 from plmkit.plugins.spanbert.collator import SpanBertCollator
 
 
@@ -109,12 +108,7 @@ class SpanBertModel(nn.Module):
         Both heads run only at their target positions (gathered before the vocabulary
         projection); each loss is the mean over its targets, as the original criterion.
         """
-        hidden = self.mlm.bert(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            token_type_ids=token_type_ids,
-            return_dict=False,
-        )[0]
+        hidden = self.mlm.bert(input_ids, attention_mask, token_type_ids, return_dict=False)[0]
         mlm_loss, mlm_acc, _ = masked_lm_loss(hidden, labels, self.mlm.cls.predictions)
         out = {"mlm_loss": mlm_loss, "mlm_acc": mlm_acc}
         rows, cols = (sbo_labels != IGNORE_INDEX).nonzero(as_tuple=True)
@@ -132,9 +126,7 @@ class SpanBertModel(nn.Module):
             sbo_position[rows, cols],
         )
         logits = self.sbo.logits(states, self.mlm.get_input_embeddings().weight)
-        targets = sbo_labels[rows, cols]
-        out["sbo_loss"] = F.cross_entropy(logits.float(), targets)
-        out["sbo_acc"] = (logits.argmax(dim=-1) == targets).float().mean()
+        out["sbo_loss"], out["sbo_acc"] = classification_loss(logits, sbo_labels[rows, cols])
         return out
 
 
@@ -143,6 +135,8 @@ class SpanBertObjective(EncoderObjective):
 
     objective_name = "spanbert"
     packing = "document"
+    collator_class = SpanBertCollator
+    block_class = BertLayer
 
     def __init__(
         self,
@@ -174,24 +168,13 @@ class SpanBertObjective(EncoderObjective):
 
     def build_model(self) -> SpanBertModel:
         # BERT's config (type_vocab_size 2, tied output embeddings: the defaults)
-        config = bert_config(self.encoder, self.tokenizer, self.max_length)
+        config = self.hf_config(BertConfig)
         return SpanBertModel(config, self.max_span_targets, self.sbo_position_size)
 
-    def build_collator(self, seed: int = 0) -> SpanBertCollator:
-        return SpanBertCollator(
-            self.tokenizer,
-            max_length=self.max_length,
-            masking=self.masking,
-            geometric_p=self.geometric_p,
-            min_span=self.min_span,
-            max_span=self.max_span,
-            max_span_targets=self.max_span_targets,
-            truncate_last_span=self.truncate_last_span,
-            seed=seed,
-        )
-
-    def block_classes(self) -> tuple[type[nn.Module], ...]:
-        return (BertLayer,)
+    def collator_options(self) -> dict[str, Any]:
+        return {"geometric_p": self.geometric_p, "min_span": self.min_span,
+                "max_span": self.max_span, "max_span_targets": self.max_span_targets,
+                "truncate_last_span": self.truncate_last_span}
 
     def compute_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         model: SpanBertModel = self.model  # type: ignore[assignment]

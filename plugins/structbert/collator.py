@@ -3,7 +3,7 @@
 Wang et al. 2019 (arXiv 1908.04577); no official pretraining code exists, so this follows the
 paper and ``/work/shared/METHODS.md``:
 
-* **MLM** exactly as :class:`~plmkit.plugins.bert.BertCollator` (15%, 80/10/10, exact count).
+* **MLM** exactly as BERT (:class:`~plmkit.mlm.MlmCollator`: 15%, 80/10/10, exact count).
 * **Word structural objective (WSO)**: among the tokens BERT left unmasked, 5% of the
   trigrams (``K = 3``) are chosen and the tokens of each are shuffled; the model recovers the
   original token at every shuffled position (``wso_labels``, -100 elsewhere). Definitions:
@@ -36,20 +36,15 @@ import torch
 from torch import Tensor
 
 from plmkit.collator import IGNORE_INDEX
-from plmkit.masking import greedy_non_overlapping, select_exact, window_count
-from plmkit.plugins.bert.collator import BertCollator
+from plmkit.masking import greedy_non_overlapping, random_choice, select_exact, window_count
+from plmkit.mlm import MlmCollator
 
 
-def _window_any(x: Tensor, left: int, right: int) -> Tensor:
-    """For every position s, whether any of ``x[:, s + left : s + right + 1]`` is set."""
-    return window_count(x, left, right) > 0
-
-
-class StructBertCollator(BertCollator):
+class StructBertCollator(MlmCollator):
     """MLM + WSO (shuffled trigrams) + SSO batches; see the module docstring.
 
-    Takes every argument of :class:`~plmkit.plugins.bert.BertCollator` (the sentence task
-    defaults to ``"sso"``; ``None`` trains MLM + WSO on single segments) and:
+    Takes every argument of :class:`~plmkit.mlm.MlmCollator` (the sentence task defaults to
+    ``"sso"``; ``None`` trains MLM + WSO on single segments) and:
 
     Args:
         wso_probability: fraction of the eligible trigrams that are shuffled (paper: 5%).
@@ -57,15 +52,8 @@ class StructBertCollator(BertCollator):
         wso_passes: at most this many passes to place the trigrams without overlap.
     """
 
-    def __init__(
-        self,
-        *args: Any,
-        wso_probability: float = 0.05,
-        wso_ngram: int = 3,
-        wso_passes: int = 4,
-        sentence_task: Any = "sso",
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, *args: Any, wso_probability: float = 0.05, wso_ngram: int = 3,
+                 wso_passes: int = 4, sentence_task: Any = "sso", **kwargs: Any) -> None:
         super().__init__(*args, sentence_task=sentence_task, **kwargs)
         if not 2 <= wso_ngram <= 6:
             raise ValueError(f"wso_ngram must be in 2..6, got {wso_ngram}")
@@ -95,8 +83,8 @@ class StructBertCollator(BertCollator):
         chosen = torch.zeros_like(ok)
         remaining = counts.clone()
         for _ in range(self.wso_passes):
-            taken = _window_any(chosen, -(k - 1), 0)  # a token inside a chosen window
-            free = ok & ~_window_any(taken, 0, k - 1)
+            taken = window_count(chosen, -(k - 1), 0) > 0  # a token inside a chosen window
+            free = ok & ~(window_count(taken, 0, k - 1) > 0)
             active = (remaining > 0) & free.any(dim=1)
             if not bool(active.any()):
                 break
@@ -125,8 +113,7 @@ class StructBertCollator(BertCollator):
         original = input_ids[rows.unsqueeze(1), positions]  # (N, K)
         permuted = original[:, self.permutations]  # (N, P, K)
         changes = (permuted != original.unsqueeze(1)).any(dim=-1)  # (N, P)
-        keys = torch.rand(changes.shape, generator=self.generator).masked_fill(~changes, -1.0)
-        choice = keys.argmax(dim=1)
+        choice, _ = random_choice(changes, self.generator)
         new = permuted[torch.arange(len(rows)), choice]  # (N, K)
         out[rows.unsqueeze(1), positions] = new
         labels[rows.unsqueeze(1), positions] = original

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from transformers import BertForPreTraining
 
 from plmkit.collator import IGNORE_INDEX
-from plmkit.heads import classification_loss, masked_lm_loss
+from plmkit.heads import mlm_loss, sentence_loss
 from plmkit.plugins.bert.model import BertObjective
 from plmkit.plugins.structbert.collator import StructBertCollator
 
@@ -31,6 +31,7 @@ class StructBertObjective(BertObjective):
 
     objective_name = "structbert"
     packing = "document"
+    collator_class = StructBertCollator
 
     def __init__(
         self,
@@ -64,35 +65,22 @@ class StructBertObjective(BertObjective):
             model.config.sso_num_labels = 3
         return model
 
-    def build_collator(self, seed: int = 0) -> StructBertCollator:
-        return StructBertCollator(
-            self.tokenizer,
-            max_length=self.max_length,
-            masking=self.masking,
-            sentence_task="sso" if self.sso else None,
-            short_seq_prob=self.short_seq_prob,
-            skip_inner_specials=self.packing == "stream",
-            wso_probability=self.wso_probability,
-            wso_ngram=self.wso_ngram,
-            seed=seed,
-        )
+    def collator_options(self) -> dict[str, Any]:
+        return {**super().collator_options(), "sentence_task": "sso" if self.sso else None,
+                "wso_probability": self.wso_probability, "wso_ngram": self.wso_ngram}
 
     def compute_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         model: BertForPreTraining = self.model  # type: ignore[assignment]
-        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
-        hidden, pooled = model.bert(**inputs, return_dict=False)[:2]
+        hidden, pooled = model.bert(batch["input_ids"], batch["attention_mask"],
+                                    batch["token_type_ids"], return_dict=False)[:2]
         head = model.cls.predictions  # WSO shares the MLM output layer
-        mlm_loss, mlm_acc, _ = masked_lm_loss(hidden, batch["labels"], head)
-        metrics = {"mlm_loss": mlm_loss.detach(), "mlm_acc": mlm_acc}
-        loss = mlm_loss
+        loss, metrics = mlm_loss(hidden, batch["labels"], head)
         wso_labels = batch.get("wso_labels")
         if wso_labels is not None and bool((wso_labels != IGNORE_INDEX).any()):
-            wso_loss, wso_acc, _ = masked_lm_loss(hidden, wso_labels, head)
-            metrics.update(wso_loss=wso_loss.detach(), wso_acc=wso_acc)
-            loss = loss + self.wso_weight * wso_loss
+            wso, wso_metrics = mlm_loss(hidden, wso_labels, head, "wso")
+            loss, metrics = loss + self.wso_weight * wso, {**metrics, **wso_metrics}
         if "sso_label" in batch:
             logits = model.cls.seq_relationship(pooled)
-            sso_loss, sso_acc = classification_loss(logits, batch["sso_label"])
-            metrics.update(sso_loss=sso_loss.detach(), sso_acc=sso_acc)
-            loss = loss + self.sso_weight * sso_loss
+            sso, sso_metrics = sentence_loss(logits, batch["sso_label"], "sso")
+            loss, metrics = loss + self.sso_weight * sso, {**metrics, **sso_metrics}
         return loss, metrics

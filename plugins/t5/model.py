@@ -50,6 +50,11 @@ class T5Objective(Objective):
 
     objective_name = "t5"
     packing = "stream"
+    shape_fields = {"vocab_size": None, "d_model": "d_model", "num_layers": "num_layers",
+                    "num_decoder_layers": "num_decoder_layers", "num_heads": "num_heads",
+                    "d_kv": "d_kv", "d_ff": "d_ff", "feed_forward_proj": "feed_forward_proj",
+                    "relative_attention_num_buckets": "relative_attention_num_buckets",
+                    "tie_word_embeddings": "tie_word_embeddings"}
 
     def __init__(
         self,

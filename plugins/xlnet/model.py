@@ -28,6 +28,8 @@ class XLNetObjective(Objective):
 
     objective_name = "xlnet"
     packing = "stream"
+    shape_fields = {"vocab_size": None, "d_model": "hidden_size", "n_layer": "num_layers",
+                    "n_head": "num_heads", "d_inner": "intermediate_size"}
 
     def __init__(
         self,

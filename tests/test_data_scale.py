@@ -1,0 +1,183 @@
+"""The sharded tokenized-corpus cache: shards equal one whole corpus, interrupted builds resume
+byte for byte, damage is rebuilt, bad input is one line, and packing works shard by shard."""
+
+from __future__ import annotations
+
+import errno
+import filecmp
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from plmkit.data import cache as cache_module
+from plmkit.data.cache import ShardedCorpus, build_cache, load_cache
+from plmkit.data.corpus import load_documents, read_documents
+from plmkit.data.packing import BlockDataset, pack
+from plmkit.data.preprocess import tokenize_corpus
+from plmkit.errors import PlmkitError
+
+SHARD_BYTES = 20_000  # a few dozen shards from 1,500 bundled documents
+
+
+@pytest.fixture(scope="module")
+def corpus_file(tmp_path_factory: pytest.TempPathFactory, documents: list[str]) -> Path:
+    path = tmp_path_factory.mktemp("scale") / "corpus.txt"
+    path.write_text("\n\n".join(documents) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def whole(corpus_file: Path, tokenizer):
+    """The corpus tokenized at once, in memory."""
+    return tokenize_corpus(load_documents(str(corpus_file)), tokenizer.backend_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def sharded(corpus_file: Path, tokenizer, tmp_path_factory) -> ShardedCorpus:
+    path = tmp_path_factory.mktemp("sharded") / "cache"
+    return build_cache(lambda: read_documents(str(corpus_file)), tokenizer.backend_tokenizer,
+                       path, num_proc=2, shard_bytes=SHARD_BYTES)
+
+
+def _tree(path: Path) -> list[str]:
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file())
+
+
+def test_shards_hold_the_same_tokens_as_the_whole_corpus(whole, sharded):
+    assert len(sharded.shards) > 10  # written by two worker processes
+    assert sharded.num_documents == whole.num_documents
+    assert np.array_equal(np.concatenate([s.ids for s in sharded.shards]), whole.ids)
+    assert sharded.shards[0].ids.dtype == np.uint16  # a 2,000-entry vocabulary
+    assert np.array_equal(np.concatenate([s.word_start for s in sharded.shards]),
+                          whole.word_start)
+    for a, b in zip(sharded.doc_token_bounds(), whole.doc_token_bounds()):
+        assert np.array_equal(a, b)
+    assert sharded.max_id == int(whole.ids.max())
+
+
+@pytest.mark.parametrize("mode", ["document", "sentences", "stream"])
+def test_packing_shard_by_shard_equals_packing_the_whole(whole, sharded, mode):
+    # every third document held out, as a validation split would; blocks cross shards in
+    # "sentences" and "stream" packing and must come out as if packed at once
+    docs = np.flatnonzero(np.arange(whole.num_documents) % 3 != 0)
+    a = pack(whole, docs, 48, mode, separator_id=3)
+    b = pack(sharded, docs, 48, mode, separator_id=3)
+    assert np.array_equal(a.starts, b.starts) and np.array_equal(a.ends, b.ends)
+    first, second = BlockDataset(a), BlockDataset(b)
+    for i in range(0, len(first), 37):
+        for key, value in first[i].items():
+            assert np.array_equal(value, second[i][key]), (i, key)
+    # a block's tokens are its documents' tokens, in order (separators aside)
+    doc_starts, _ = whole.doc_token_bounds()
+    item = second[5]
+    doc = int(item["doc_ids"][0])
+    start = int(b.starts[5] - b.vstart[np.searchsorted(b.docs, doc)] + doc_starts[doc])
+    own = (item["doc_ids"] == doc) & (item["input_ids"] != 3)
+    assert np.array_equal(item["input_ids"][own], whole.ids[start:start + int(own.sum())])
+
+
+def test_an_interrupted_build_resumes_and_is_byte_identical(corpus_file, tokenizer, sharded,
+                                                             tmp_path: Path):
+    path = tmp_path / "cache"
+    written = []
+
+    def stop_after_three(index: int) -> None:
+        written.append(index)
+        if len(written) == 3:
+            raise KeyboardInterrupt  # as if the user pressed Ctrl-C
+
+    docs = lambda: read_documents(str(corpus_file))  # noqa: E731
+    with pytest.raises(KeyboardInterrupt):
+        build_cache(docs, tokenizer.backend_tokenizer, path, shard_bytes=SHARD_BYTES,
+                    on_shard=stop_after_three)
+    assert load_cache(path) is None  # no manifest: never trained on
+    (path / ".tmp-leftover").mkdir()  # a shard being written when the process died
+    resumed = []
+    build_cache(docs, tokenizer.backend_tokenizer, path, shard_bytes=SHARD_BYTES,
+                on_shard=resumed.append)
+    assert resumed[0] == 3 and 0 not in resumed  # shards 0-2 were kept
+    reference = Path(sharded.shards[0].ids.filename).parent.parent
+    assert _tree(path) == _tree(reference)
+    for name in _tree(path):
+        assert filecmp.cmp(path / name, reference / name, shallow=False), name
+
+
+def test_a_damaged_shard_is_rebuilt_never_trained_on(corpus_file, tokenizer, tmp_path: Path):
+    path = tmp_path / "cache"
+    docs = lambda: read_documents(str(corpus_file))  # noqa: E731
+    build_cache(docs, tokenizer.backend_tokenizer, path, shard_bytes=SHARD_BYTES * 10)
+    ids = path / "shard-00001" / "ids.npy"
+    ids.write_bytes(ids.read_bytes()[:-10])  # truncated
+    assert load_cache(path) is None
+    rebuilt = []
+    corpus = build_cache(docs, tokenizer.backend_tokenizer, path,
+                         shard_bytes=SHARD_BYTES * 10, on_shard=rebuilt.append)
+    assert rebuilt == [1] and load_cache(path) is not None
+    # same size, other content: found by the CRC32 check of an unfinished cache
+    (path / "manifest.json").unlink()
+    data = bytearray(ids.read_bytes())
+    data[-1] ^= 0xFF
+    ids.write_bytes(bytes(data))
+    rebuilt.clear()
+    build_cache(docs, tokenizer.backend_tokenizer, path, shard_bytes=SHARD_BYTES * 10,
+                on_shard=rebuilt.append)
+    assert rebuilt == [1] and corpus.num_tokens == load_cache(path).num_tokens
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_complete_cache(corpus_file, tokenizer,
+                                                              tmp_path: Path, monkeypatch):
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cache_module.TokenizedCorpus, "save", full)
+    path = tmp_path / "cache"
+    with pytest.raises(PlmkitError, match="disk is full .* --data.cache_dir"):
+        build_cache(lambda: read_documents(str(corpus_file)), tokenizer.backend_tokenizer,
+                    path, shard_bytes=SHARD_BYTES)
+    assert not (path / "manifest.json").exists()
+
+
+def test_binary_files_and_bad_records_are_one_line_errors(tmp_path: Path):
+    (tmp_path / "image.txt").write_bytes(bytes(range(256)) * 40)
+    with pytest.raises(PlmkitError, match="image.txt is not text"):
+        load_documents(str(tmp_path / "image.txt"))
+    (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{"text": broken\n')
+    with pytest.raises(PlmkitError, match="bad.jsonl is not JSON lines .* line 2"):
+        load_documents(str(tmp_path / "bad.jsonl"))
+
+
+def test_many_small_files_under_a_glob_are_read_in_sorted_order(tmp_path: Path):
+    for folder in ("b", "a/deep"):
+        for i in (2, 1):
+            path = tmp_path / folder / f"{i}.jsonl"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"text": f"{folder}/{i}"}) + "\n")
+    (tmp_path / "a" / "notes.md").write_text("not corpus")
+    texts = [t for t, _ in read_documents(str(tmp_path / "**" / "*.jsonl"))]
+    assert texts == ["a/deep/1", "a/deep/2", "b/1", "b/2"]
+    assert [t for t, _ in read_documents(str(tmp_path))] == texts  # a folder: the same
+    with pytest.raises(PlmkitError, match="does not exist"):
+        load_documents(str(tmp_path / "*.parquet"))
+
+
+def test_one_process_per_node_tokenizes_or_one_in_all(tmp_path: Path):
+    from plmkit.data.datamodule import PretrainDataModule
+
+    # Lightning runs prepare_data (the tokenization) on local rank 0 of every node, or on
+    # global rank 0 only; the other ranks wait, then open the cache
+    assert PretrainDataModule().prepare_data_per_node is True
+    assert PretrainDataModule(shared_filesystem=True).prepare_data_per_node is False
+    with pytest.raises(PlmkitError, match="num_proc must be at least 1"):
+        PretrainDataModule(num_proc=0)
+
+
+def test_a_corpus_file_that_vanishes_mid_read_is_one_line(tmp_path: Path):
+    for name in ("a.txt", "b.txt"):
+        (tmp_path / name).write_text("one document\n\nanother one\n")
+    docs = read_documents(str(tmp_path))
+    next(docs)
+    (tmp_path / "b.txt").unlink()  # deleted while a.txt is being read
+    with pytest.raises(PlmkitError, match="b.txt vanished while it was read"):
+        list(docs)
