@@ -300,3 +300,12 @@ class GlobalBatchFingerprint(Callback):
             total += float((rows * weights).sum()) * (len(key) + 1)
         total = trainer.strategy.reduce(total, reduce_op="sum")
         pl_module.log("train/global_batch_fingerprint", float(total) % 1_000_003)
+
+
+def default_precision(accelerator: Any = "auto") -> str:
+    """The precision of a run without ``--trainer.precision``: ``bf16-mixed`` when
+    ``accelerator`` is a CUDA GPU with bf16 arithmetic (Ampere or newer), else ``32-true``."""
+    gpu = str(accelerator) in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    # not emulated bf16 (V100, T4): slower than fp32 there
+    native = gpu and torch.cuda.is_bf16_supported(including_emulation=False)
+    return "bf16-mixed" if native else "32-true"

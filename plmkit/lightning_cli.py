@@ -35,7 +35,6 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 from jsonargparse import ActionConfigFile, ArgumentError, Namespace, set_parsing_settings
 from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
@@ -53,7 +52,10 @@ from plmkit.data.tokenizer import (
     tokenizer_digest,
     tokenizer_from_state,
 )
-from plmkit.distributed import resolve_strategy  # also registers --trainer.strategy fsdp2
+from plmkit.distributed import (  # also registers --trainer.strategy fsdp2
+    default_precision,
+    resolve_strategy,
+)
 from plmkit.errors import PlmkitError, argument_error
 from plmkit.export import read_checkpoint
 from plmkit.objective import Objective
@@ -357,15 +359,6 @@ class PlmkitCLI(LightningCLI):
         if self.trainer.is_global_zero and last.exists():
             print(f"checkpoints: {self._checkpoint_dir()}", file=sys.stderr)
             print(f"export with: plmkit export {last} <out_dir>", file=sys.stderr)
-
-
-def default_precision(accelerator: Any = "auto") -> str:
-    """The precision of a run without ``--trainer.precision``: ``bf16-mixed`` when
-    ``accelerator`` is a CUDA GPU with bf16 arithmetic (Ampere or newer), else ``32-true``."""
-    gpu = str(accelerator) in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-    # not emulated bf16 (V100, T4): slower than fp32 there
-    native = gpu and torch.cuda.is_bf16_supported(including_emulation=False)
-    return "bf16-mixed" if native else "32-true"
 
 
 def _next_version(run_dir: Path) -> int:

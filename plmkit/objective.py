@@ -30,7 +30,6 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, is_dataclass
@@ -438,11 +437,9 @@ class Objective(L.LightningModule, ABC):
         warmup = self.optim.warmup_steps
         if total > 0 and warmup >= total:
             warmup = max(1, total // 10)
-            warnings.warn(
-                f"warmup_steps={self.optim.warmup_steps} is not below the run's {total} steps; "
-                f"warming up for {warmup} steps instead (set --model.optim.warmup_steps)",
-                stacklevel=2,
-            )
+            log.warning("warmup_steps=%d is not below the run's %d steps; warming up for %d "
+                        "steps instead (set --model.optim.warmup_steps)",
+                        self.optim.warmup_steps, total, warmup)
         kwargs: dict[str, Any] = {"num_warmup_steps": warmup}
         if self.optim.schedule in ("linear", "cosine"):
             kwargs["num_training_steps"] = total if math.isfinite(total) else 10**9

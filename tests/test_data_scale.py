@@ -181,3 +181,22 @@ def test_a_corpus_file_that_vanishes_mid_read_is_one_line(tmp_path: Path):
     (tmp_path / "b.txt").unlink()  # deleted while a.txt is being read
     with pytest.raises(PlmkitError, match="b.txt vanished while it was read"):
         list(docs)
+
+
+def test_joined_lines_encode_exactly_like_one_line_at_a_time(documents, tokenizer,
+                                                             monkeypatch):
+    from plmkit.data import preprocess
+    from plmkit.data.tokenizer import train_tokenizer
+
+    texts = documents[:400] + ["  padded line \n\n\tsecond\u00a0line  \n\u200b\nlast"]
+    backend = tokenizer.backend_tokenizer
+    assert preprocess.joins_lines(backend)  # WordPiece + BERT's normalizer
+    fast = preprocess.encode_documents(texts, backend)
+    monkeypatch.setattr(preprocess, "joins_lines", lambda tokenizer: False)
+    slow = preprocess.encode_documents(texts, backend)
+    monkeypatch.undo()
+    for name, array in slow.arrays().items():
+        assert np.array_equal(array, fast.arrays()[name]), name
+    # byte-level BPE turns the newline into a token: one line at a time there
+    bpe = train_tokenizer(documents[:300], "bpe", 500, show_progress=False).backend_tokenizer
+    assert not preprocess.joins_lines(bpe)

@@ -35,6 +35,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, StackDataset
 
+from plmkit.distributed import default_precision
 from plmkit.errors import PlmkitError
 from plmkit.evaluate.adapters import POOLINGS, Encoder
 from plmkit.evaluate.report import EvalResult, SeedRun, scores
@@ -114,12 +115,6 @@ def default_finetune_lr(hidden_size: int | None) -> float:
     """
     width = hidden_size or 128
     return 1e-3 if width <= 128 else 3e-4 if width <= 256 else 1e-4 if width <= 768 else 5e-5
-
-
-def default_precision(accelerator: str = "auto") -> str:
-    """``bf16-mixed`` when ``accelerator`` runs on a CUDA GPU that supports it, else ``32-true``."""
-    gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-    return "bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true"
 
 
 # ----------------------------------------------------------------------------- the model
