@@ -54,6 +54,12 @@ def _train_opts(parser: argparse.ArgumentParser) -> None:
                         help="32 or bf16-mixed, both sides (default 32)")
 
 
+def _output_opts(parser: argparse.ArgumentParser, help: str) -> None:
+    parser.add_argument("--output", default=None, help=help)
+    parser.add_argument("--docs", default=str(report.DOCS),
+                        help="page regenerated with --output (default docs/benchmarks.md)")
+
+
 def _config(args: argparse.Namespace, method: str, **extra: Any) -> RunConfig:
     batch = getattr(args, "batch", None) or SPECS[method].batch
     cfg = RunConfig(method=method, size=args.size, seq=args.seq, batch=batch,
@@ -129,11 +135,8 @@ def main(argv: list[str] | None = None) -> int:
                        help="method (repeatable; default: all six)")
     train.add_argument("--compile", action="store_true",
                        help="plmkit side with --model.compile true")
-    train.add_argument("--output", default=None,
-                       help="add the rows to this results file (replacing rows of the same "
-                            "method) and regenerate --docs from it")
-    train.add_argument("--docs", default=str(report.DOCS),
-                       help="page regenerated with --output (default docs/benchmarks.md)")
+    _output_opts(train, "add the rows to this results file (replacing rows of the same "
+                        "method) and regenerate --docs from it")
     for name, helptext in (("collators", "examples/s of collators, batch 128, one process"),
                            ("loader", "tokens/s of plmkit's loader with no model")):
         p = sub.add_parser(name, help=helptext)
@@ -148,11 +151,8 @@ def main(argv: list[str] | None = None) -> int:
                          help="sequence lengths (default 128 256 512)")
     scaling.add_argument("--batches", type=int, nargs="+", default=[8, 16],
                          help="global batch sizes (default 8 16)")
-    scaling.add_argument("--output", default=None,
-                         help="replace the scaling section of this results file and "
-                              "regenerate --docs from it")
-    scaling.add_argument("--docs", default=str(report.DOCS),
-                         help="page regenerated with --output (default docs/benchmarks.md)")
+    _output_opts(scaling, "replace the scaling section of this results file and "
+                          "regenerate --docs from it")
     everything = sub.add_parser("all", help="every section; writes the results file and "
                                 "docs/benchmarks.md")
     _common(everything)
@@ -176,11 +176,8 @@ def main(argv: list[str] | None = None) -> int:
                       help="tokenizer processes (default: plmkit's, every core)")
     data.add_argument("--workdir", default="/tmp/plmkit-data-scale",
                       help="where corpora and caches are written, one size at a time")
-    data.add_argument("--output", default=None,
-                      help="replace the data section of this results file and regenerate "
-                           "--docs from it")
-    data.add_argument("--docs", default=str(report.DOCS),
-                      help="page regenerated with --output (default docs/benchmarks.md)")
+    _output_opts(data, "replace the data section of this results file and regenerate "
+                       "--docs from it")
     rep = sub.add_parser("report", help="regenerate docs/benchmarks.md from results files")
     rep.add_argument("results", nargs="*", help="results files (default benchmarks/results/*)")
     rep.add_argument("--docs", default=str(report.DOCS), help="page to write")

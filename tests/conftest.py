@@ -116,6 +116,21 @@ def read_metrics(run_dir: Path) -> list[dict[str, str]]:
     return rows
 
 
+def assert_same_run(whole: Path, resumed: Path, steps: int) -> None:
+    """The resumed run trained on the same batch (``BatchFingerprint``) with the same loss
+    (to 1e-6) at each of the ``steps`` steps as the unbroken one."""
+    def series(run_dir: Path) -> dict[int, tuple[float, float]]:
+        return {int(r["step"]): (float(r["train/loss"]), float(r["train/batch_fingerprint"]))
+                for r in read_metrics(run_dir) if r.get("train/loss")}
+
+    expected, got = series(whole), series(resumed)
+    assert sorted(expected) == sorted(got) and len(expected) == steps
+    for step in sorted(expected):
+        (loss_a, batch_a), (loss_b, batch_b) = expected[step], got[step]
+        assert batch_a == batch_b, f"different batch at step {step}"
+        assert abs(loss_a - loss_b) <= 1e-6, f"step {step}: {loss_a} vs {loss_b}"
+
+
 def metric_series(run_dir: Path, name: str) -> list[float]:
     """The logged values of one metric, in step order."""
     return [float(r[name]) for r in read_metrics(run_dir) if r.get(name) not in (None, "")]

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import read_metrics
+from conftest import assert_same_run
 
 COMMON = [
     "--recipe", "bert_tiny",
@@ -22,15 +22,6 @@ COMMON = [
     "--trainer.enable_model_summary", "false",
     "--trainer.callbacks+=plmkit.callbacks.BatchFingerprint",
 ]
-
-
-def _series(run_dir: Path) -> dict[int, tuple[float, float]]:
-    out = {}
-    for row in read_metrics(run_dir):
-        if row.get("train/loss"):
-            fingerprint = float(row["train/batch_fingerprint"])
-            out[int(row["step"])] = (float(row["train/loss"]), fingerprint)
-    return out
 
 
 def test_resume_in_fresh_process_matches_unbroken_run(run_plmkit, tmp_path: Path):
@@ -50,13 +41,7 @@ def test_resume_in_fresh_process_matches_unbroken_run(run_plmkit, tmp_path: Path
     )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
 
-    expected, got = _series(whole), _series(half)
-    assert sorted(expected) == sorted(got) and len(expected) == 20
-    for step in sorted(expected):
-        loss_a, batch_a = expected[step]
-        loss_b, batch_b = got[step]
-        assert batch_a == batch_b, f"different batch at step {step}"
-        assert abs(loss_a - loss_b) <= 1e-6, f"step {step}: {loss_a} vs {loss_b}"
+    assert_same_run(whole, half, 20)
     assert len(list((half / "logs").glob("version_*"))) == 2  # the first attempt's log is kept
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import read_metrics
+from conftest import assert_same_run
 
 from plmkit.data.corpus import load_documents
 from plmkit.data.loader import POSITION_KEY
@@ -141,11 +141,6 @@ COMMON = [
 ]
 
 
-def _series(run_dir: Path) -> dict[int, tuple[float, float]]:
-    return {int(r["step"]): (float(r["train/loss"]), float(r["train/batch_fingerprint"]))
-            for r in read_metrics(run_dir) if r.get("train/loss")}
-
-
 def test_streaming_fit_resumes_in_a_fresh_process_exactly(run_plmkit, tmp_path: Path):
     whole, half = tmp_path / "whole", tmp_path / "half"
     code, _, err = run_plmkit("fit", *COMMON, "--trainer.max_steps", "10",
@@ -160,11 +155,7 @@ def test_streaming_fit_resumes_in_a_fresh_process_exactly(run_plmkit, tmp_path: 
         capture_output=True, text=True, env=dict(os.environ), timeout=600,
     )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    expected, got = _series(whole), _series(half)
-    assert sorted(expected) == sorted(got) and len(expected) == 10
-    for step in sorted(expected):
-        assert expected[step][1] == got[step][1], f"different batch at step {step}"
-        assert abs(expected[step][0] - got[step][0]) <= 1e-6, f"different loss at step {step}"
+    assert_same_run(whole, half, 10)
 
 
 def test_streaming_fit_needs_max_steps(run_plmkit, tmp_path: Path):
