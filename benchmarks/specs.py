@@ -150,7 +150,7 @@ def model_configs(model: Any) -> dict[str, dict[str, Any]]:
 
 def train_documents(dm: Any, corpus: Any) -> np.ndarray:
     """The training documents (the validation split held out, as the DataModule does)."""
-    return dm.split_documents(corpus.num_documents)[0]
+    return np.flatnonzero(dm.split_documents(corpus.num_documents)[0])
 
 
 def token_stream(corpus: Any, docs: np.ndarray, before: list[int], after: list[int]

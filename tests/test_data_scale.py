@@ -14,7 +14,7 @@ import pytest
 from plmkit.data import cache as cache_module
 from plmkit.data.cache import ShardedCorpus, build_cache, load_cache
 from plmkit.data.corpus import load_documents, read_documents
-from plmkit.data.packing import BlockDataset, pack
+from plmkit.data.packing import BlockDataset, Blocks, pack
 from plmkit.data.preprocess import tokenize_corpus
 from plmkit.errors import PlmkitError
 
@@ -58,13 +58,20 @@ def test_shards_hold_the_same_tokens_as_the_whole_corpus(whole, sharded):
 
 
 @pytest.mark.parametrize("mode", ["document", "sentences", "stream"])
-def test_packing_shard_by_shard_equals_packing_the_whole(whole, sharded, mode):
+def test_packing_shard_by_shard_equals_packing_the_whole(whole, sharded, mode, tmp_path):
     # every third document held out, as a validation split would; blocks cross shards in
-    # "sentences" and "stream" packing and must come out as if packed at once
+    # "sentences" and "stream" packing and must come out as if packed at once. The sharded
+    # corpus is packed into files (as the DataModule does) from a mask of documents.
     docs = np.flatnonzero(np.arange(whole.num_documents) % 3 != 0)
     a = pack(whole, docs, 48, mode, separator_id=3)
-    b = pack(sharded, docs, 48, mode, separator_id=3)
+    pack(sharded, np.arange(whole.num_documents) % 3 != 0, 48, mode, separator_id=3,
+         path=tmp_path / "index")
+    b = Blocks.load(tmp_path / "index", sharded)
+    assert isinstance(b.starts, np.memmap) and isinstance(b.vstart, np.memmap)
+    assert not list((tmp_path / "index").glob("*.bin"))  # no raw piece left behind
     assert np.array_equal(a.starts, b.starts) and np.array_equal(a.ends, b.ends)
+    assert np.array_equal(a.vstart, b.vstart) and np.array_equal(a.docs, b.docs)
+    assert b.num_tokens == int((np.asarray(a.ends) - np.asarray(a.starts)).sum()) > 0
     first, second = BlockDataset(a), BlockDataset(b)
     for i in range(0, len(first), 37):
         for key, value in first[i].items():
@@ -183,16 +190,24 @@ def test_a_corpus_file_that_vanishes_mid_read_is_one_line(tmp_path: Path):
         list(docs)
 
 
-def test_joined_lines_encode_exactly_like_one_line_at_a_time(documents, tokenizer,
-                                                             monkeypatch):
+def test_the_fast_encoding_paths_give_exactly_the_reference_arrays(documents, tokenizer,
+                                                                   monkeypatch):
+    # Two shortcuts: a document's lines encoded in one call, and ASCII text sent to the
+    # tokenizer without its normalizer. The reference encodes one line at a time with the
+    # full tokenizer. The extra documents hit the fallbacks: non-ASCII text, a control
+    # character, and a line whose first character the normalizer removes.
     from plmkit.data import preprocess
     from plmkit.data.tokenizer import train_tokenizer
 
-    texts = documents[:400] + ["  padded line \n\n\tsecond\u00a0line  \n\u200b\nlast"]
+    texts = documents[:400] + ["  padded line \n\n\tsecond\u00a0line  \n\u200b\nlast",
+                               "Caf\u00e9 NA\u00cfVE \u00c9t\u00e9\nUPPER Case", "bell\x07 char",
+                               "\u200bstarts hidden\nthen Plain ASCII, e.g. U.S.A."]
     backend = tokenizer.backend_tokenizer
     assert preprocess.joins_lines(backend)  # WordPiece + BERT's normalizer
+    assert preprocess._ascii_twin(backend) is not None  # which on ASCII only lowercases
     fast = preprocess.encode_documents(texts, backend)
     monkeypatch.setattr(preprocess, "joins_lines", lambda tokenizer: False)
+    monkeypatch.setattr(preprocess, "_ascii_twin", lambda tokenizer: None)
     slow = preprocess.encode_documents(texts, backend)
     monkeypatch.undo()
     for name, array in slow.arrays().items():
@@ -200,3 +215,21 @@ def test_joined_lines_encode_exactly_like_one_line_at_a_time(documents, tokenize
     # byte-level BPE turns the newline into a token: one line at a time there
     bpe = train_tokenizer(documents[:300], "bpe", 500, show_progress=False).backend_tokenizer
     assert not preprocess.joins_lines(bpe)
+    assert [e.ids for e in preprocess.encode_batch(bpe, texts[-4:])] == [
+        e.ids for e in bpe.encode_batch(texts[-4:], add_special_tokens=False)]
+
+
+def test_a_killed_runs_half_written_block_index_is_swept(tmp_path):
+    # a .tmp-* folder from before this process started is a leftover of a killed run; one
+    # made now may be another rank packing the same index and is kept
+    import os
+
+    from plmkit.data import datamodule
+
+    old, new = tmp_path / ".tmp-killed", tmp_path / ".tmp-packing-now"
+    for folder in (old, new):
+        folder.mkdir()
+        (folder / "starts.bin").write_bytes(b"\0" * 8)
+    os.utime(old, (datamodule._STARTED - 60, datamodule._STARTED - 60))
+    datamodule._sweep_stale(tmp_path)
+    assert not old.exists() and (new / "starts.bin").exists()

@@ -77,12 +77,17 @@ class ShardedCorpus:
         """Global token start and end of every document."""
         if not self.shards:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-        parts = [TokenizedCorpus(*map(transient, (s.ids, s.word_start, s.sent_offsets,
-                                                  s.doc_offsets))).doc_token_bounds()
-                 for s in self.shards]
+        parts = [self.shard_doc_bounds(k) for k in range(len(self.shards))]
         starts = np.concatenate([a + base for (a, _), base in zip(parts, self.token_base)])
         ends = np.concatenate([b + base for (_, b), base in zip(parts, self.token_base)])
         return starts, ends
+
+    def shard_doc_bounds(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Token start and end (within shard ``k``) of each of its documents, read through
+        maps of their own (see :func:`transient`)."""
+        s = self.shards[k]
+        return TokenizedCorpus(*map(transient, (s.ids, s.word_start, s.sent_offsets,
+                                                s.doc_offsets))).doc_token_bounds()
 
     def shard_of_token(self, token: int) -> int:
         return int(np.searchsorted(self.token_base, token, side="right")) - 1

@@ -14,12 +14,14 @@ cached beside it, so a second run starts training at once whatever the corpus si
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import itertools
 import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,7 @@ from plmkit.data import corpus as corpus_io
 from plmkit.data.cache import ShardedCorpus, cached_tokenize
 from plmkit.data.loader import POSITION_KEY, Collate, ResumableLoader
 from plmkit.data.packing import BlockDataset, Blocks, pack
-from plmkit.data.streaming import CHUNK_DOCUMENTS, streaming_loaders
+from plmkit.data.streaming import CHUNK_DOCUMENTS, held_out, streaming_loaders
 from plmkit.data.tokenizer import (
     TokenizerType,
     add_special_tokens,
@@ -234,11 +236,16 @@ class PretrainDataModule(L.LightningDataModule):
         return corpus
 
     def split_documents(self, num_documents: int) -> tuple[np.ndarray, np.ndarray]:
-        """Deterministic train/validation split of document indices."""
-        held_out = np.random.default_rng([self.seed, 1]).random(num_documents) < self.val_fraction
-        if self.val_fraction > 0 and not held_out.any() and num_documents > 1:
-            held_out[-1] = True
-        return np.flatnonzero(~held_out), np.flatnonzero(held_out)
+        """Deterministic train/validation split: masks of the training and the held-out
+        documents, by the same hash of ``(seed, index)`` as streaming mode (computed a million
+        documents at a time, so its memory stays small)."""
+        held = np.zeros(num_documents, dtype=bool)
+        for first in range(0, num_documents, 1 << 20):
+            index = np.arange(first, min(first + (1 << 20), num_documents))
+            held[index] = held_out(self.seed, index, self.val_fraction)
+        if self.val_fraction > 0 and not held.any() and num_documents > 1:
+            held[-1] = True
+        return ~held, held
 
     def check_max_length(self, objective: Any) -> None:
         """A one-line error when ``max_length`` exceeds what the objective's model supports."""
@@ -298,7 +305,7 @@ class PretrainDataModule(L.LightningDataModule):
         train_docs, val_docs = self.split_documents(corpus.num_documents)
         rank, world = self.trainer.global_rank, self.trainer.world_size
         for split, docs, shuffle in (("train", train_docs, True), ("val", val_docs, False)):
-            if len(docs) == 0:
+            if not docs.any():
                 continue
             blocks = self._blocks(corpus, docs, block, objective.packing, separator)
             if len(blocks) < self.batch_size * world and split == "train":
@@ -325,19 +332,29 @@ class PretrainDataModule(L.LightningDataModule):
                 separator: int | None) -> Blocks:
         """The packed blocks of ``docs``, from the cache beside the tokenized corpus or
         packed now and stored there (atomically)."""
-        digest = hashlib.sha256(np.ascontiguousarray(docs, dtype=np.int64).tobytes())
+        digest = hashlib.sha256(np.packbits(docs).tobytes())
         name = f"{mode}-{block}-{separator}-{digest.hexdigest()[:12]}"
         path = self.cache_dir / "tokenized" / str(self.corpus_key) / "packed" / name
         blocks = Blocks.load(path, corpus)
         if blocks is None:
-            blocks = pack(corpus, docs, block, mode, separator)
             path.parent.mkdir(parents=True, exist_ok=True)
+            _sweep_stale(path.parent)
             tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=".tmp-"))
-            blocks.save(tmp)
             try:
+                pack(corpus, docs, block, mode, separator, path=tmp)
                 os.replace(tmp, path)
-            except OSError:  # another process stored the same index first
+            except OSError as exc:
+                if exc.errno == errno.ENOSPC:
+                    raise PlmkitError(f"the disk is full while writing the block index to "
+                                      f"{path}; free space or set --data.cache_dir to a larger "
+                                      "disk") from exc
+                if Blocks.load(path, corpus) is None:
+                    raise
+                # else another process stored the same index first
+            finally:
                 shutil.rmtree(tmp, ignore_errors=True)
+            blocks = Blocks.load(path, corpus)
+            assert blocks is not None
         return blocks
 
     def train_dataloader(self) -> ResumableLoader:
@@ -381,3 +398,18 @@ def _save_atomically(tokenizer: PreTrainedTokenizerFast, path: Path) -> None:
         os.replace(tmp, path)
     except OSError:  # another process saved it first; the two are the same tokenizer
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+#: when this process started (about): temporary folders older than this are leftovers
+_STARTED = time.time()
+
+
+def _sweep_stale(folder: Path) -> None:
+    """Remove what a killed run left half written in ``folder`` (``.tmp-*`` folders made
+    before this process started; those of other ranks packing now are newer and kept)."""
+    for child in folder.glob(".tmp-*"):
+        try:
+            if child.stat().st_mtime < _STARTED:
+                shutil.rmtree(child, ignore_errors=True)
+        except OSError:  # another process removed it first
+            pass

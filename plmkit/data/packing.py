@@ -17,8 +17,9 @@ Three modes (an objective picks one with its ``packing`` attribute):
 Blocks are ranges of a *virtual stream*: the selected documents in order, each followed by its
 separator (``sentences``/``stream``). :class:`Blocks` keeps per document where it starts in the
 stream and in the corpus, and per block its range; nothing per token. Tokens are read from the
-(memory-mapped) corpus when a block is read, and packing works one shard at a time, so memory
-does not grow with the corpus.
+(memory-mapped) corpus when a block is read. Packing works one shard at a time and, given a
+folder, appends these arrays to files opened by memory map afterwards, so its memory does not
+grow with the corpus.
 
 A :class:`BlockDataset` item is a collator example: ``input_ids``, ``word_ids``,
 ``sentence_ids`` (numbered from 0 inside the block) and ``doc_ids`` (see
@@ -31,6 +32,7 @@ span cut by a block boundary keeps its part inside the block).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -47,25 +49,26 @@ PACKING_MODES = ("document", "sentences", "stream")
 class Blocks:
     """Blocks of the documents ``docs`` of ``corpus``: ranges ``[starts, ends)`` of the virtual
     stream, where document ``i`` (token ``tstart[i]`` of the corpus, ``lengths[i]`` tokens,
-    then the separator if there is one) starts at ``vstart[i]``."""
+    then the separator if there is one) starts at ``vstart[i]`` (``vstart[-1]``: the end)."""
 
-    _ARRAYS = ("docs", "tstart", "lengths", "starts", "ends")
+    _ARRAYS = ("docs", "tstart", "lengths", "vstart", "starts", "ends")
 
     def __init__(self, corpus: ShardedCorpus, docs: np.ndarray, tstart: np.ndarray,
-                 lengths: np.ndarray, separator: int | None, starts: np.ndarray,
-                 ends: np.ndarray) -> None:
+                 lengths: np.ndarray, vstart: np.ndarray, separator: int | None,
+                 starts: np.ndarray, ends: np.ndarray, num_tokens: int | None = None) -> None:
         self.corpus, self.separator = corpus, separator
-        self.docs, self.tstart, self.lengths = docs, tstart, lengths
+        self.docs, self.tstart, self.lengths, self.vstart = docs, tstart, lengths, vstart
         self.starts, self.ends = starts, ends
-        extra = 0 if separator is None else 1
-        self.vstart = np.concatenate([[0], np.cumsum(np.asarray(lengths) + extra)])
+        self._num_tokens = num_tokens
 
     def __len__(self) -> int:
         return len(self.starts)
 
     @property
     def num_tokens(self) -> int:
-        return int((np.asarray(self.ends) - np.asarray(self.starts)).sum())
+        if self._num_tokens is None:
+            self._num_tokens = int((np.asarray(self.ends) - np.asarray(self.starts)).sum())
+        return self._num_tokens
 
     def read(self, start: int, end: int) -> dict[str, np.ndarray]:
         """Stream positions ``[start, end)``: ``ids``, ``word_start``, ``sent_index`` (global
@@ -101,33 +104,77 @@ class Blocks:
     sent_index = property(lambda self: self._whole("sent_index"))
     doc_index = property(lambda self: self._whole("doc_index"))
 
-    def save(self, path: Path) -> None:
-        """Write the block index (per document and per block arrays) into ``path``."""
-        path.mkdir(parents=True, exist_ok=True)
-        for name in self._ARRAYS:
-            np.save(path / f"{name}.npy", np.asarray(getattr(self, name)))
-        (path / "meta.json").write_text(json.dumps({"separator": self.separator}))
-
     @classmethod
     def load(cls, path: Path, corpus: ShardedCorpus) -> Blocks | None:
-        """A saved block index opened by memory map; None if it is absent or partial."""
+        """A block index written by :func:`pack` opened by memory map; None if it is absent or
+        partial (``meta.json`` is written last)."""
         try:
             meta = json.loads((path / "meta.json").read_text())
             arrays = {n: np.load(path / f"{n}.npy", mmap_mode="r") for n in cls._ARRAYS}
         except (OSError, ValueError):
             return None
-        return cls(corpus, separator=meta["separator"], **arrays)
+        return cls(corpus, separator=meta["separator"], num_tokens=meta["num_tokens"], **arrays)
+
+
+class _IndexWriter:
+    """Collects the arrays of a block index piece by piece: in memory, or (with ``folder``)
+    appended to files, so the index of a corpus of any size is written in bounded memory and
+    read back by memory map. numpy cannot append to a ``.npy`` file, hence the raw files
+    turned into ``.npy`` at the end."""
+
+    def __init__(self, folder: Path | None) -> None:
+        self.folder = folder
+        self.pieces: dict[str, list[np.ndarray]] = {}
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+
+    def append(self, **arrays: np.ndarray) -> None:
+        for name, array in arrays.items():
+            array = np.asarray(array, dtype=np.int64)
+            if self.folder is None:
+                self.pieces.setdefault(name, []).append(array)
+            else:
+                with open(self.folder / f"{name}.bin", "ab") as f:
+                    f.write(array.tobytes())
+
+    def finish(self, *names: str) -> list[np.ndarray]:
+        """The arrays ``names`` as written so far (empty if nothing was appended)."""
+        if self.folder is None:
+            return [np.concatenate(self.pieces.get(n) or [np.zeros(0, np.int64)])
+                    for n in names]
+        out = []
+        for name in names:
+            raw = self.folder / f"{name}.bin"
+            raw.touch()
+            count = raw.stat().st_size // 8
+            target = np.lib.format.open_memmap(self.folder / f"{name}.npy", mode="w+",
+                                               dtype=np.int64, shape=(count,))
+            with open(raw, "rb") as f:
+                for first in range(0, count, 1 << 20):
+                    piece = np.fromfile(f, dtype=np.int64, count=1 << 20)
+                    target[first:first + len(piece)] = piece
+            target.flush()
+            del target
+            raw.unlink()
+            out.append(np.load(self.folder / f"{name}.npy", mmap_mode="r"))
+        return out
 
 
 def pack(
     corpus: TokenizedCorpus | ShardedCorpus,
-    doc_ids: np.ndarray,
+    docs: np.ndarray,
     block_length: int,
     mode: str = "document",
     separator_id: int | None = None,
     min_length: int = 2,
+    path: Path | None = None,
 ) -> Blocks:
-    """Cut the documents ``doc_ids`` of ``corpus`` into blocks of ``block_length`` tokens."""
+    """Cut the documents ``docs`` of ``corpus`` into blocks of ``block_length`` tokens.
+
+    ``docs``: ascending document indices, or a boolean mask over the corpus' documents. With
+    ``path`` the block index is written there (shard by shard, in bounded memory, with
+    ``meta.json`` last) and opened by memory map; else it is kept in memory.
+    """
     if block_length < 1:
         raise ValueError(f"block_length must be positive, got {block_length}")
     if mode not in PACKING_MODES:
@@ -135,30 +182,64 @@ def pack(
     if mode != "document" and separator_id is None:
         raise ValueError(f"{mode} packing needs a separator token id")
     corpus = ShardedCorpus.of(corpus)
-    doc_ids = np.asarray(doc_ids, dtype=np.int64)
-    doc_starts, doc_ends = corpus.doc_token_bounds()
-    tstart, lengths = doc_starts[doc_ids], doc_ends[doc_ids] - doc_starts[doc_ids]
-    keep = lengths > 0
+    docs = np.asarray(docs)
+    if docs.dtype != bool:
+        if np.any(np.diff(docs) <= 0):
+            raise ValueError("pack takes ascending document indices")
+        mask = np.zeros(corpus.num_documents, dtype=bool)
+        mask[docs] = True
+        docs = mask
     separator = None if mode == "document" else separator_id
-    blocks = Blocks(corpus, doc_ids[keep], tstart[keep], lengths[keep], separator,
-                    np.zeros(0, np.int64), np.zeros(0, np.int64))
+    out = _IndexWriter(path)
+    windows = _select_documents(corpus, docs, 0 if separator is None else 1, out)
+    per_doc = out.finish("docs", "tstart", "lengths", "vstart")
+    blocks = Blocks(corpus, *per_doc, separator, np.zeros(0, np.int64), np.zeros(0, np.int64))
+    num_tokens = 0
     if mode == "stream":
-        count = int(blocks.vstart[-1]) // block_length
-        starts = np.arange(count, dtype=np.int64) * block_length
-        ends = starts + block_length
+        count = int(blocks.vstart[-1]) // block_length if block_length >= min_length else 0
+        for first in range(0, count, 1 << 20):
+            starts = np.arange(first, min(first + (1 << 20), count)) * block_length
+            out.append(starts=starts, ends=starts + block_length)
+        num_tokens = count * block_length
     else:
-        starts, ends = _sentence_blocks(blocks, block_length, mode == "document")
-    keep = (ends - starts) >= min_length
-    blocks.starts, blocks.ends = starts[keep], ends[keep]
-    return blocks
+        for starts, ends in _sentence_blocks(blocks, windows, block_length,
+                                             mode == "document"):
+            keep = (ends - starts) >= min_length
+            out.append(starts=starts[keep], ends=ends[keep])
+            num_tokens += int((ends[keep] - starts[keep]).sum())
+    if path is not None:
+        (path / "meta.json").write_text(json.dumps({"separator": separator,
+                                                    "num_tokens": num_tokens}))
+    return Blocks(corpus, *per_doc, separator, *out.finish("starts", "ends"), num_tokens)
 
 
-def _window_arrays(blocks: Blocks, first: int, stop: int) -> tuple[np.ndarray, ...]:
-    """Per stream position of documents ``[first, stop)`` (one shard): word starts, global
-    sentence numbers, and the documents' stream offsets relative to the first."""
+def _select_documents(corpus: ShardedCorpus, mask: np.ndarray, extra: int,
+                      out: _IndexWriter) -> list[tuple[int, int, int]]:
+    """Write the per-document arrays of the non-empty documents in ``mask``, one shard at a
+    time (``extra``: the separator after each document). Returns the windows
+    ``(shard, first, stop)``: the selected documents of each shard."""
+    windows, count, position = [], 0, 0
+    for k in range(len(corpus.shards)):
+        starts, ends = corpus.shard_doc_bounds(k)
+        lengths = ends - starts
+        chosen = np.flatnonzero(mask[corpus.doc_base[k]:corpus.doc_base[k + 1]] & (lengths > 0))
+        if len(chosen) == 0:
+            continue
+        lengths = lengths[chosen]
+        ends_in_stream = position + np.cumsum(lengths + extra)
+        out.append(docs=chosen + corpus.doc_base[k], tstart=starts[chosen] + corpus.token_base[k],
+                   lengths=lengths, vstart=np.concatenate([[position], ends_in_stream[:-1]]))
+        windows.append((k, count, count + len(chosen)))
+        count, position = count + len(chosen), int(ends_in_stream[-1])
+    out.append(vstart=[position])
+    return windows
+
+
+def _window_arrays(blocks: Blocks, k: int, first: int, stop: int) -> tuple[np.ndarray, ...]:
+    """Per stream position of documents ``[first, stop)`` (all in shard ``k``): word starts,
+    global sentence numbers, and the documents' stream offsets relative to the first."""
     corpus = blocks.corpus
     lengths = np.asarray(blocks.lengths[first:stop], dtype=np.int64)
-    k = corpus.shard_of_token(int(blocks.tstart[first]))
     shard = corpus.shards[k]
     local = np.asarray(blocks.tstart[first:stop]) - corpus.token_base[k]
     offsets = np.concatenate([[0], np.cumsum(lengths)])
@@ -175,25 +256,21 @@ def _window_arrays(blocks: Blocks, first: int, stop: int) -> tuple[np.ndarray, .
     return word_start, sent_index, offsets
 
 
-def _sentence_blocks(blocks: Blocks, block_length: int, within_documents: bool
-                     ) -> tuple[np.ndarray, np.ndarray]:
-    """Whole-sentence blocks, one shard of documents at a time. Across documents
-    (``sentences``) the last block of a shard is carried into the next one, so the result
-    is the same as packing the whole stream at once."""
-    corpus = blocks.corpus
-    shard = np.searchsorted(corpus.token_base, np.asarray(blocks.tstart), side="right") - 1
-    edges = np.concatenate([[0], np.flatnonzero(np.diff(shard)) + 1, [len(shard)]])
-    out_starts, out_ends = [], []
-    carry_words = carry_sents = np.zeros(0)
+def _sentence_blocks(blocks: Blocks, windows: list[tuple[int, int, int]], block_length: int,
+                     within_documents: bool) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Whole-sentence blocks (stream positions), one shard of documents at a time. Across
+    documents (``sentences``) the last block of a shard is carried into the next one, so the
+    result is the same as packing the whole stream at once."""
+    carry_words, carry_sents = np.zeros(0, bool), np.zeros(0, np.int64)
     base = 0  # stream position of the window's first token
-    for w, (first, stop) in enumerate(zip(edges[:-1], edges[1:])):
-        word_start, sent_index, offsets = _window_arrays(blocks, int(first), int(stop))
+    for w, (k, first, stop) in enumerate(windows):
+        word_start, sent_index, offsets = _window_arrays(blocks, k, first, stop)
         limits = None
         if within_documents:
             base = int(blocks.vstart[first])
-        else:
-            word_start = np.concatenate([carry_words, word_start]).astype(bool)
-            sent_index = np.concatenate([carry_sents, sent_index]).astype(np.int64)
+        elif len(carry_words):
+            word_start = np.concatenate([carry_words, word_start])
+            sent_index = np.concatenate([carry_sents, sent_index])
         new_sentence = np.ones(len(sent_index), dtype=bool)
         new_sentence[1:] = sent_index[1:] != sent_index[:-1]
         bounds = np.append(np.flatnonzero(new_sentence), len(sent_index))
@@ -201,19 +278,13 @@ def _sentence_blocks(blocks: Blocks, block_length: int, within_documents: bool
             limits = offsets[np.searchsorted(offsets, bounds, side="right")
                              .clip(max=len(offsets) - 1)]
         starts, ends = _whole_sentence_blocks(bounds, word_start, block_length, limits)
-        if not within_documents and w < len(edges) - 2:  # the last block may grow
+        if not within_documents and w < len(windows) - 1:  # the last block may grow
             tail = int(starts[-1])
             carry_words, carry_sents = word_start[tail:], sent_index[tail:]
-            out_starts.append(starts[:-1] + base)
-            out_ends.append(ends[:-1] + base)
+            yield starts[:-1] + base, ends[:-1] + base
             base += tail
             continue
-        out_starts.append(starts + base)
-        out_ends.append(ends + base)
-    if not out_starts:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    return (np.concatenate(out_starts).astype(np.int64),
-            np.concatenate(out_ends).astype(np.int64))
+        yield starts + base, ends + base
 
 
 def _whole_sentence_blocks(

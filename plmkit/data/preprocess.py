@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import zlib
@@ -164,8 +165,56 @@ def _word_ids(encodings: list, total: int) -> np.ndarray:
 
 
 _PROBE = ["Hello, world! It's 3.5 km (2.2 mi).", "naïve café — x² e.g. A-B c/d", "日本語 text",
-          "\tTabs and  double  spaces ", "UPPER lower 12345 #@%&*", "﻿zero\u200bwidth"]
+          "\tTabs and  double  spaces ", "UPPER lower 12345 #@%&*", "﻿zero\u200bwidth",
+          "CamelCase iPhone U.S.A. [x]{y}<z> ~`^_|\\\"quoted\" don't-stop a+b=c; 50%",
+          "two\nlines\r\n\tand a tab"]
 _JOINS_LINES: dict[str, bool] = {}
+_ASCII_TWIN: dict[str, tuple[Tokenizer, bool] | None] = {}
+#: ASCII control characters (tab, newline and carriage return aside) a normalizer may remove
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def _same(a: list, b: list) -> bool:
+    return all(x.ids == y.ids and x.offsets == y.offsets and x.word_ids == y.word_ids
+               for x, y in zip(a, b))
+
+
+def _ascii_twin(tokenizer: Tokenizer) -> tuple[Tokenizer, bool] | None:
+    """A copy of ``tokenizer`` without its normalizer, and whether text must be lowercased
+    for it, when that gives the same encodings (ids, offsets, words) on ASCII text. On ASCII,
+    BERT's normalizer only lowercases, yet its Unicode work (cleaning, accent stripping by
+    NFD) takes about half of WordPiece's encoding time. Probed once per tokenizer on fixed
+    text; None when no twin matches (e.g. a normalizer that rewrites ASCII, as Metaspace's)."""
+    key = tokenizer.to_str()
+    if key not in _ASCII_TWIN:
+        _ASCII_TWIN[key] = None
+        if tokenizer.normalizer is not None:
+            twin = Tokenizer.from_str(key)
+            twin.normalizer = None
+            probe = [text for text in _PROBE if text.isascii()]
+            want = tokenizer.encode_batch(probe, add_special_tokens=False)
+            for lower in (False, True):
+                texts = [text.lower() for text in probe] if lower else probe
+                if _same(want, twin.encode_batch(texts, add_special_tokens=False)):
+                    _ASCII_TWIN[key] = (twin, lower)
+                    break
+    return _ASCII_TWIN[key]
+
+
+def encode_batch(tokenizer: Tokenizer, texts: Sequence[str]) -> list:
+    """``tokenizer.encode_batch(texts)`` without special tokens: the same encodings, with the
+    ASCII texts (no control characters) sent to the tokenizer's ASCII twin when it has one
+    (see :func:`_ascii_twin`; written by hand: ``tokenizers`` has no such shortcut)."""
+    twin = _ascii_twin(tokenizer)
+    if twin is None:
+        return tokenizer.encode_batch(list(texts), add_special_tokens=False)
+    fast, lower = twin
+    plain = [t.isascii() and not _CONTROL.search(t) for t in texts]
+    easy = [(t.lower() if lower else t) for t, p in zip(texts, plain) if p]
+    hard = [t for t, p in zip(texts, plain) if not p]
+    easy_out = iter(fast.encode_batch(easy, add_special_tokens=False) if easy else [])
+    hard_out = iter(tokenizer.encode_batch(hard, add_special_tokens=False) if hard else [])
+    return [next(easy_out) if p else next(hard_out) for p in plain]
 
 
 def joins_lines(tokenizer: Tokenizer) -> bool:
@@ -189,27 +238,46 @@ def _encode_joined(texts: Sequence[str], tokenizer: Tokenizer, dtype: type
     pieces: dict[str, list[np.ndarray]] = {"ids": [], "words": [], "lengths": []}
     counts = np.zeros(len(texts), dtype=np.int64)
     for first in range(0, len(texts), ENCODE_BATCH // 8):
-        joined, line_starts, base = [], [], 0
+        joined, line_starts = [], []
         for d, text in enumerate(texts[first:first + ENCODE_BATCH // 8], first):
             lines, _ = _lines(text)
             counts[d] = len(lines)
-            for line in lines:
-                line_starts.append(base)
-                base += len(line) + 1
+            starts = np.cumsum([0] + [len(line) + 1 for line in lines[:-1]]).tolist()
+            line_starts.append(starts if lines else [])
             joined.append("\n".join(lines))
-        encodings = tokenizer.encode_batch(joined, add_special_tokens=False)
-        per_doc = np.fromiter((len(e) for e in encodings), dtype=np.int64, count=len(encodings))
-        total = int(per_doc.sum())
-        doc_base = np.cumsum([0] + [len(j) + 1 for j in joined[:-1]])
-        chars = np.fromiter(chain.from_iterable(
-            (o[0] for o in e.offsets) for e in encodings), dtype=np.int64, count=total)
-        chars += np.repeat(doc_base, per_doc)
-        sentence = np.searchsorted(np.asarray(line_starts), chars, side="right") - 1
-        pieces["lengths"].append(np.bincount(sentence, minlength=len(line_starts)))
+        encodings = encode_batch(tokenizer, joined)
+        total = sum(len(e) for e in encodings)
+        pieces["lengths"].append(_tokens_per_line(encodings, line_starts))
         pieces["ids"].append(np.fromiter(chain.from_iterable(e.ids for e in encodings),
                                          dtype=dtype, count=total))
         pieces["words"].append(_word_ids(encodings, total))
     return pieces, counts
+
+
+def _tokens_per_line(encodings: list, line_starts: list[list[int]]) -> np.ndarray:
+    """The number of tokens of every line of the joined documents (``line_starts``: per
+    document, where each line starts). A line's first token is the one holding its first
+    character (the newline before it ends every word); only where a normalizer removed that
+    character is each token's line looked up from its offsets (slower)."""
+    marks, base = [], 0
+    for encoding, starts in zip(encodings, line_starts):
+        for char in starts:
+            token = encoding.char_to_token(char)
+            if token is None:
+                return _tokens_per_line_by_offsets(encodings, line_starts)
+            marks.append(base + token)
+        base += len(encoding)
+    return np.diff(np.asarray(marks + [base], dtype=np.int64))
+
+
+def _tokens_per_line_by_offsets(encodings: list, line_starts: list[list[int]]) -> np.ndarray:
+    counts = []
+    for encoding, starts in zip(encodings, line_starts):
+        chars = np.fromiter((o[0] for o in encoding.offsets), dtype=np.int64,
+                            count=len(encoding))
+        line = np.searchsorted(np.asarray(starts, dtype=np.int64), chars, side="right") - 1
+        counts.append(np.bincount(line, minlength=len(starts)))
+    return np.concatenate(counts) if counts else np.zeros(0, dtype=np.int64)
 
 
 def encode_documents(
@@ -235,8 +303,7 @@ def encode_documents(
         counts[d] = len(lines)
     pieces: dict[str, list[np.ndarray]] = {"ids": [], "words": [], "lengths": [], "chars": []}
     for first in range(0, len(sentences), ENCODE_BATCH):
-        encodings = tokenizer.encode_batch(sentences[first:first + ENCODE_BATCH],
-                                           add_special_tokens=False)
+        encodings = encode_batch(tokenizer, sentences[first:first + ENCODE_BATCH])
         lengths = np.fromiter((len(e) for e in encodings), dtype=np.int64,
                               count=len(encodings))
         total = int(lengths.sum())
