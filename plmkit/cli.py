@@ -48,7 +48,8 @@ EVALUATE_HELP = """examples:
   plmkit evaluate out/gpt_tiny --task my_task.csv --probe --pooling mean
 
 MODEL is a folder written by 'plmkit export' or a .ckpt written by 'plmkit fit'. A task is
-'wordnet' (gloss -> lexicographer category, held out of the bundled corpus) or a .csv / .tsv /
+'wordnet' (gloss -> lexicographer category, held out of the bundled corpus), 'fortunes'
+(fortune cookie -> category, a second task held out of all recipe tuning) or a .csv / .tsv /
 .jsonl file with text and label columns (and optionally a split column: train / test)."""
 
 COMPARE_HELP = """examples:
@@ -183,7 +184,7 @@ def _add_export_options(parser: ArgumentParser) -> None:
 
 def _add_evaluation_options(parser: ArgumentParser) -> None:
     parser.add_argument("--task", type=str, default="wordnet",
-                        help="built-in task (wordnet) or a .csv/.tsv/.jsonl file")
+                        help="built-in task (wordnet, fortunes) or a .csv/.tsv/.jsonl file")
     parser.add_argument("--probe", action="store_true",
                         help="freeze the encoder and train a linear head on pooled features (fast)"
                         "; default: fine-tune the whole model")

@@ -417,3 +417,51 @@ def test_tokenizer_train_command(run_plmkit, documents, tmp_path: Path):
     assert tokenizer.mask_token == "[MASK]" and tokenizer.pad_token == "[PAD]"
     ids = tokenizer("a small dog")["input_ids"]
     assert ids[0] == tokenizer.cls_token_id and ids[-1] == tokenizer.sep_token_id
+
+
+# ------------------------------------------------------------------- fortunes task
+def test_builtin_fortunes_task_is_clean_and_held_out():
+    import gzip
+    import re
+
+    from plmkit.data.wordnet import corpus_path
+
+    task = load_task("fortunes")
+    validation = load_task("fortunes", eval_split="validation")
+    assert task.labels == sorted(["computers", "definitions", "people", "politics", "science",
+                                  "songs-poems", "work", "men-women"])
+    assert validation.labels == task.labels and task.eval_split == "test"
+    assert validation.train == task.train
+    splits = {"train": task.train, "validation": validation.eval, "test": task.eval}
+    assert all(len({label for _, label in rows}) == 8 for rows in splits.values())
+    texts = {name: {text for text, _ in rows} for name, rows in splits.items()}
+    assert all(len(t) == len(splits[name]) for name, t in texts.items())  # no repeats
+    assert not (texts["train"] & texts["validation"] or texts["train"] & texts["test"]
+                or texts["validation"] & texts["test"])  # so no text in two classes either
+    label_of = {text: task.labels[label] for rows in splits.values() for text, label in rows}
+    assert len(label_of) == sum(map(len, splits.values()))  # one class per text
+    assert label_of["A bit of talcum\nIs always walcum\n-- Ogden Nash"] == "songs-poems"
+    assert label_of["Beware of the Turing Tar-pit in which everything is possible but nothing "
+                    "of\ninterest is easy."] == "computers"
+    # "_\bI" overstriking resolved, attribution kept
+    assert any(t.startswith("An interpretation I satisfies a sentence") and label == "computers"
+               for t, label in label_of.items())
+    assert all(20 <= len(t) <= 1000 and "\b" not in t for t in label_of)
+
+    # held out of the bundled pretraining corpus: no fortune, nor a line of one, is a corpus
+    # line, and no corpus line of 7+ words occurs inside a fortune
+    words = re.compile(r"[^\W_]+(?:'[^\W_]+)*")
+    corpus_lines: set[str] = set()
+    runs: dict[tuple[str, ...], list[tuple[str, ...]]] = {}
+    with gzip.open(corpus_path(), "rt", encoding="utf-8") as handle:
+        for line in handle:
+            corpus_lines.add(line.strip())
+            run = tuple(words.findall(line.casefold()))
+            if len(run) >= 7:
+                runs.setdefault(run[:7], []).append(run)
+    for text in label_of:
+        assert text not in corpus_lines
+        assert not any(line in corpus_lines for line in text.split("\n") if len(line) >= 20)
+        w = words.findall(text.casefold())
+        assert not any(tuple(w[i:i + len(run)]) == run for i in range(len(w) - 6)
+                       for run in runs.get(tuple(w[i:i + 7]), ())), text

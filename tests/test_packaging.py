@@ -31,6 +31,8 @@ def test_wheel_contains_plugins_recipes_and_data(tmp_path: Path):
     assert not any(n.startswith("plmkit/recipes/") for n in names)
     for data in ("corpus.txt.gz", "eval.jsonl.gz", "lexicon.tsv.gz", "LICENSE"):
         assert f"plmkit/data/wordnet/{data}" in names
+    for data in ("task.jsonl.gz", "LICENSE", "README.md"):
+        assert f"plmkit/data/fortunes/{data}" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     for plugin in plugins:

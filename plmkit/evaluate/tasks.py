@@ -1,8 +1,9 @@
 """Downstream tasks: labelled text-classification data for ``plmkit evaluate``.
 
 A task is a built-in name (``wordnet``: gloss -> lexicographer category, held out of the
-bundled corpus) or a ``.csv`` / ``.tsv`` / ``.jsonl`` file (optionally ``.gz``) with text and
-label columns and, optionally, a ``split`` column.
+bundled corpus; ``fortunes``: fortune cookie -> its BSD fortune file, held out of all tuning)
+or a ``.csv`` / ``.tsv`` / ``.jsonl`` file (optionally ``.gz``) with text and label columns
+and, optionally, a ``split`` column.
 """
 
 from __future__ import annotations
@@ -40,11 +41,21 @@ def _wordnet(split: str) -> list[dict]:
     return load_eval(split)
 
 
+def _fortunes(split: str) -> list[dict]:
+    from plmkit.data.fortunes import load_task as load_fortunes
+
+    return load_fortunes(split)
+
+
 #: built-in tasks: name -> (description, loader(split) -> records with text/label)
 BUILTIN_TASKS: dict[str, tuple[str, Callable[[str], list[dict]]]] = {
     "wordnet": (
         "WordNet gloss -> lexicographer category (37 classes, held out of the bundled corpus)",
         _wordnet,
+    ),
+    "fortunes": (
+        "fortune cookie -> category file (8 classes, BSD fortune-mod, held out of all tuning)",
+        _fortunes,
     ),
 }
 
