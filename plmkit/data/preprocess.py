@@ -26,7 +26,7 @@ import tempfile
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import chain
+from itertools import accumulate, chain
 from pathlib import Path
 
 import numpy as np
@@ -240,10 +240,10 @@ def _encode_joined(texts: Sequence[str], tokenizer: Tokenizer, dtype: type
     for first in range(0, len(texts), ENCODE_BATCH // 8):
         joined, line_starts = [], []
         for d, text in enumerate(texts[first:first + ENCODE_BATCH // 8], first):
-            lines, _ = _lines(text)
+            lines = [line for line in map(str.strip, text.split("\n")) if line]
             counts[d] = len(lines)
-            starts = np.cumsum([0] + [len(line) + 1 for line in lines[:-1]]).tolist()
-            line_starts.append(starts if lines else [])
+            line_starts.append(list(accumulate((len(line) + 1 for line in lines[:-1]),
+                                               initial=0)) if lines else [])
             joined.append("\n".join(lines))
         encodings = encode_batch(tokenizer, joined)
         total = sum(len(e) for e in encodings)
