@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import filecmp
 import json
+import random
 from pathlib import Path
 
 import numpy as np
@@ -233,3 +234,25 @@ def test_a_killed_runs_half_written_block_index_is_swept(tmp_path):
     os.utime(old, (datamodule._STARTED - 60, datamodule._STARTED - 60))
     datamodule._sweep_stale(tmp_path)
     assert not old.exists() and (new / "starts.bin").exists()
+
+
+def test_documents_split_across_read_blocks_are_whole(tmp_path: Path, monkeypatch):
+    # the file is read a few characters at a time: every document must come out whole, as a
+    # line-by-line reading gives it (a document is a run of lines ended by an empty line)
+    from plmkit.data import corpus
+
+    rng = random.Random(3)
+    lines = [rng.choice(["", "", "  ", "one two", "three", "\u00e9t\u00e9 four"])
+             for _ in range(3000)]
+    text = "\n".join(lines)  # no newline at the end
+    (tmp_path / "c.txt").write_text(text, encoding="utf-8")
+    expected, block = [], []
+    for line in text.split("\n"):
+        if line == "":
+            expected.append("\n".join(block).strip())
+            block = []
+        else:
+            block.append(line)
+    expected = [d for d in [*expected, "\n".join(block).strip()] if d]
+    monkeypatch.setattr(corpus, "READ_BLOCK", 7)
+    assert [d for d, _ in read_documents(str(tmp_path / "c.txt"))] == expected

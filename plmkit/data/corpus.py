@@ -253,6 +253,10 @@ def _document(text: object, spans: object, with_spans: bool) -> Document | None:
     return stripped, [[a - shift, b - shift] for a, b in map(_span_offsets, spans or [])]
 
 
+#: characters read at a time from a text file (then completed to a whole line)
+READ_BLOCK = 1 << 22
+
+
 class _Replaced:
     """Counts U+FFFD (undecodable bytes) over a whole read, for one warning at the end."""
 
@@ -265,7 +269,7 @@ def _text_blocks(path: Path, replaced: _Replaced) -> Iterator[str]:
     far less than handling each line in Python); a binary file is a PlmkitError naming it."""
     with fsspec.open(str(path), "rb", compression="infer") as raw:
         stream = io.TextIOWrapper(raw, encoding="utf-8", errors="replace")
-        head = stream.read(65536)
+        head = stream.read(min(65536, READ_BLOCK))
         if "\x00" in head or head.count("\ufffd") > 0.1 * max(len(head), 1):
             raise PlmkitError(f"corpus file {path} is not text (binary data); remove it from "
                               "--data.corpus or convert it to UTF-8 text")
@@ -275,7 +279,7 @@ def _text_blocks(path: Path, replaced: _Replaced) -> Iterator[str]:
                 block += stream.readline()
             replaced.count += block.count("\ufffd")
             yield block
-            block = stream.read(1 << 22)
+            block = stream.read(READ_BLOCK)
 
 
 def _text_documents(path: Path, line_per_document: bool, replaced: _Replaced
