@@ -97,11 +97,24 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class PlmkitModelCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` whose ``save_last="link"`` replaces ``last.ckpt`` atomically.
+    """``ModelCheckpoint`` whose ``save_last="link"`` replaces ``last.ckpt`` atomically, and
+    which keeps the step training stopped at.
 
     Lightning removes the old link and then creates the new one; a kill in between would leave
     no ``last.ckpt``. Here the new link is made under a temporary name and renamed over it.
     """
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        # Lightning writes last.ckpt at the end only when it wrote none before, so a run
+        # stopped between two saves (--trainer.max_time, a time-budget stage of 'plmkit
+        # compare') would resume from the last periodic save and train those steps again.
+        if self.save_last and trainer.global_step > self._last_global_step_saved:
+            candidates = self._monitor_candidates(trainer)
+            if self.monitor is None and self.save_top_k != 0:  # the step's own checkpoint,
+                self._save_topk_checkpoint(trainer, candidates)  # which "link" points to
+            self._save_last_checkpoint(trainer, candidates)
+        else:
+            super().on_train_end(trainer, pl_module)
 
     @staticmethod
     def _link_checkpoint(trainer: Any, filepath: str, linkpath: str) -> None:

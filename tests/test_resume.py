@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import assert_same_run
 
 COMMON = [
@@ -49,3 +50,29 @@ def test_resume_refuses_a_run_folder_without_checkpoint(run_plmkit, tmp_path: Pa
     code, _, err = run_plmkit("fit", "--recipe", "bert_tiny", "--ckpt_path", "last",
                               "--trainer.default_root_dir", tmp_path / "empty")
     assert code == 2 and "no checkpoint to resume" in err
+
+
+@pytest.mark.parametrize("save_last", [True, "link"])
+def test_a_run_stopped_between_two_saves_keeps_the_step_it_stopped_at(tmp_path: Path,
+                                                                      save_last):
+    # --trainer.max_time stops training between two periodic saves (as every time-budget
+    # stage of 'plmkit compare' does); last.ckpt must hold the step it stopped at, else the
+    # next stage redoes the steps since the last save
+    import lightning as L
+    import torch
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    from plmkit.checkpoint_io import PlmkitModelCheckpoint
+
+    class StopAtStep7(L.Callback):  # as Lightning's Timer stops on time
+        def on_train_batch_end(self, trainer, *args) -> None:
+            trainer.should_stop = trainer.should_stop or trainer.global_step == 7
+
+    checkpoint = PlmkitModelCheckpoint(dirpath=tmp_path, every_n_train_steps=5,
+                                       save_last=save_last, enable_version_counter=False)
+    trainer = L.Trainer(max_steps=100, callbacks=[checkpoint, StopAtStep7()], logger=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        accelerator="cpu")
+    trainer.fit(BoringModel())
+    assert trainer.global_step == 7
+    assert torch.load(tmp_path / "last.ckpt", weights_only=False)["global_step"] == 7
