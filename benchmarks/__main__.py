@@ -212,12 +212,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def _merge(path: Path, rows: list[dict], docs: Path, section: str = "train") -> None:
     """Put ``rows`` into a section of an existing results file: ``train`` rows replace
-    those of the same method, a new ``scaling`` replaces the old one."""
+    those of the same method, ``data_scale`` rows those of the same corpus size, a new
+    ``scaling`` replaces the old one."""
     results = json.loads(path.read_text())
-    if section == "train":
-        methods = {row["method"] for row in rows}
-        kept = [row for row in results.get("train", []) if row["method"] not in methods]
-        results["train"] = kept + rows
+    key = {"train": "method", "data_scale": "corpus_mb"}.get(section)
+    if key:
+        replaced = {row[key] for row in rows}
+        kept = [row for row in results.get(section, []) if row[key] not in replaced]
+        results[section] = kept + rows
+        if section == "data_scale":
+            results[section].sort(key=lambda row: row["corpus_mb"])
     else:
         results[section] = rows
     results.setdefault("extra_commands", []).append(
