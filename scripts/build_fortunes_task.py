@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import hashlib
-import io
 import json
 import re
 import sys
@@ -54,17 +53,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-CATEGORIES: tuple[str, ...] = (
-    "computers",
-    "definitions",
-    "people",
-    "politics",
-    "science",
-    "songs-poems",
-    "work",
-    "men-women",
-)
-SPLITS: tuple[str, ...] = ("train", "validation", "test")
+from build_wordnet_corpus import write_gzip_text  # a sibling script (scripts/ is on the path)
+
+from plmkit.data.fortunes import LABELS as CATEGORIES
+from plmkit.data.fortunes import SPLITS
+
 SPLIT_FRACTIONS: tuple[float, ...] = (0.6, 0.1, 0.3)
 SEED = "plmkit-fortunes-v1"
 MIN_CHARS = 20
@@ -254,20 +247,6 @@ def corpus_overlap(entries: Iterable[Entry], corpus: Path) -> set[tuple[str, int
                 hits.add((entry.category, entry.number))
                 break
     return hits
-
-
-def write_gzip_text(path: Path, lines: Iterable[str]) -> None:
-    """Write text lines to a gzip file with no name and mtime=0 (byte-reproducible)."""
-    buffer = io.BytesIO()
-    with (
-        gzip.GzipFile(filename="", mode="wb", fileobj=buffer, compresslevel=9, mtime=0) as gz,
-        io.TextIOWrapper(gz, encoding="utf-8", newline="\n") as text,
-    ):
-        for line in lines:
-            text.write(line)
-            text.write("\n")
-    path.write_bytes(buffer.getvalue())
-    log(f"wrote {path} ({path.stat().st_size:,} bytes)")
 
 
 def read_license(license_source: Path) -> str:
