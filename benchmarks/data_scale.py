@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import random
 import re
 import shutil
@@ -131,6 +132,9 @@ def run(sizes: list[int], workdir: Path, num_proc: int | None = None) -> list[di
         corpus, cache = workdir / f"corpus-{size}.txt", workdir / f"cache-{size}"
         write_corpus(corpus, size)
         shutil.rmtree(cache, ignore_errors=True)
+        # the corpus just written is flushed to disk first: otherwise the kernel writes it
+        # back while plmkit tokenizes, and the benchmark times its own writing
+        os.sync()
         args = ["--recipe", "bert_tiny", "--data.corpus", str(corpus),
                 "--data.tokenizer", str(tokenizer_dir), "--data.cache_dir", str(cache),
                 "--data.val_fraction", "0.001", "--trainer.max_steps", "2",

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from plmkit.data import cache as cache_module
+from plmkit.data import packing
 from plmkit.data.cache import ShardedCorpus, build_cache, load_cache
 from plmkit.data.corpus import load_documents, read_documents
 from plmkit.data.packing import BlockDataset, Blocks, pack
@@ -59,12 +60,15 @@ def test_shards_hold_the_same_tokens_as_the_whole_corpus(whole, sharded):
 
 
 @pytest.mark.parametrize("mode", ["document", "sentences", "stream"])
-def test_packing_shard_by_shard_equals_packing_the_whole(whole, sharded, mode, tmp_path):
-    # every third document held out, as a validation split would; blocks cross shards in
-    # "sentences" and "stream" packing and must come out as if packed at once. The sharded
-    # corpus is packed into files (as the DataModule does) from a mask of documents.
+def test_packing_shard_by_shard_equals_packing_the_whole(whole, sharded, mode, tmp_path,
+                                                         monkeypatch):
+    # every third document held out, as a validation split would; blocks cross shards (and
+    # windows of a few documents inside a shard) in "sentences" and "stream" packing and must
+    # come out as if packed at once. The sharded corpus is packed into files (as the
+    # DataModule does) from a mask of documents.
     docs = np.flatnonzero(np.arange(whole.num_documents) % 3 != 0)
     a = pack(whole, docs, 48, mode, separator_id=3)
+    monkeypatch.setattr(packing, "WINDOW_TOKENS", 150)
     pack(sharded, np.arange(whole.num_documents) % 3 != 0, 48, mode, separator_id=3,
          path=tmp_path / "index")
     b = Blocks.load(tmp_path / "index", sharded)
@@ -220,9 +224,10 @@ def test_the_fast_encoding_paths_give_exactly_the_reference_arrays(documents, to
         e.ids for e in bpe.encode_batch(texts[-4:], add_special_tokens=False)]
 
 
-def test_a_killed_runs_half_written_block_index_is_swept(tmp_path):
+def test_a_killed_runs_half_written_block_index_is_swept(tmp_path, tokenizer):
     # a .tmp-* folder from before this process started is a leftover of a killed run; one
-    # made now may be another rank packing the same index and is kept
+    # made now may be another rank packing the same index and is kept. Saving a tokenizer
+    # sweeps its folder the same way.
     import os
 
     from plmkit.data import datamodule
@@ -234,6 +239,11 @@ def test_a_killed_runs_half_written_block_index_is_swept(tmp_path):
     os.utime(old, (datamodule._STARTED - 60, datamodule._STARTED - 60))
     datamodule._sweep_stale(tmp_path)
     assert not old.exists() and (new / "starts.bin").exists()
+    old.mkdir()
+    os.utime(old, (datamodule._STARTED - 60, datamodule._STARTED - 60))
+    datamodule._save_atomically(tokenizer, tmp_path / "tokenizer")
+    assert not old.exists() and (tmp_path / "tokenizer" / "tokenizer.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".tmp-packing-now", "tokenizer"]
 
 
 def test_documents_split_across_read_blocks_are_whole(tmp_path: Path, monkeypatch):

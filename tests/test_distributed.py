@@ -383,3 +383,49 @@ def test_two_processes_match_one_process(runs, recipe, strategy, tmp_path):
         for key in ("model.generator.electra.embeddings.word_embeddings.weight",
                     "model.generator.generator_lm_head.weight"):
             assert torch.equal(state[key], shared), key
+
+
+# --------------------------------------------------------------- 2 nodes on one machine
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_two_nodes_tokenize_once_per_node_or_once_in_all(tokenizer_dir, tmp_path, shared):
+    # Two "nodes" of one process each, launched as a cluster would (torchrun per node, same
+    # master). Each node has its own cache disk, and its local rank 0 tokenizes into it; with
+    # --data.shared_filesystem the nodes share one cache and global rank 0 alone tokenizes
+    # while the other waits, then opens it.
+    port = _free_port()
+    flags = [*_flags("bert_tiny", tokenizer_dir), "--data.batch_size", "8",
+             "--trainer.num_nodes", "2", "--trainer.devices", "1",
+             "--trainer.accelerator", "cpu", "--trainer.strategy", "ddp",
+             "--data.shared_filesystem", str(shared).lower(),
+             "--trainer.default_root_dir", str(tmp_path / "run")]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    procs = []
+    for node in (0, 1):
+        cache = tmp_path / ("cache" if shared else f"cache-node{node}")
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank",
+             str(node), "--nproc-per-node", "1", "--master-addr", "127.0.0.1",
+             "--master-port", str(port), "-m", "plmkit", *flags, "--data.cache_dir",
+             str(cache)], env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+    outputs = []
+    for proc in procs:
+        output, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0, output[-3000:]
+        outputs.append(output)
+    tokenized = [output.count("tokenized ") for output in outputs]
+    caches = sorted(p.name for p in tmp_path.glob("cache*")
+                    if list(p.glob("tokenized/*/manifest.json")))
+    if shared:
+        assert tokenized == [1, 0] and caches == ["cache"]
+    else:
+        assert tokenized == [1, 1] and caches == ["cache-node0", "cache-node1"]
+    steps = sorted({int(r["step"]) for r in read_metrics(tmp_path / "run") if r.get("train/loss")})
+    assert steps == list(range(STEPS))  # both nodes trained every step together

@@ -392,6 +392,7 @@ class PretrainDataModule(L.LightningDataModule):
 def _save_atomically(tokenizer: PreTrainedTokenizerFast, path: Path) -> None:
     """``save_pretrained`` into a temporary folder renamed into place (no torn reads)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    _sweep_stale(path.parent)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=".tmp-"))
     tokenizer.save_pretrained(str(tmp))
     try:

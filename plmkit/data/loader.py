@@ -87,9 +87,20 @@ class _Batches(Dataset):
     def __init__(self, loader: ResumableLoader, epoch: int, first_number: int = 0) -> None:
         self.loader = loader
         self.epoch = epoch
-        self.order = loader.order(epoch)
         # batch ``position`` is the training batch number ``first_number + position``
         self.first_number = first_number
+        self._order: np.ndarray | None = None
+
+    @property
+    def order(self) -> np.ndarray:
+        """The epoch's order, computed where batches are made (in the loader worker, not the
+        main process) and never pickled: it is one index per block of the corpus."""
+        if self._order is None:
+            self._order = self.loader.order(self.epoch)
+        return self._order
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_order": None}
 
     def number(self, position: int) -> int:
         return self.first_number + position
@@ -197,10 +208,14 @@ class ResumableLoader:
         return first, first + self.batch_size
 
     def order(self, epoch: int) -> np.ndarray:
+        """The dataset indices of ``epoch`` in the order they are read."""
         n = len(self.dataset)  # type: ignore[arg-type]
-        if not self.shuffle:
-            return np.arange(n)
-        return np.random.default_rng([self.seed, epoch]).permutation(n)
+        # int32 halves the one array per corpus block; shuffling it draws the same order as
+        # ``permutation(n)`` in int64, so runs resume across this change
+        order = np.arange(n, dtype=np.int32 if n < 2**31 else np.int64)
+        if self.shuffle:
+            np.random.default_rng([self.seed, epoch]).shuffle(order)
+        return order
 
     def sample_ids(self, epoch: int, position: int) -> np.ndarray:
         """Dataset indices of this rank's batch ``position`` in ``epoch`` (for checks)."""

@@ -213,11 +213,17 @@ def pack(
     return Blocks(corpus, *per_doc, separator, *out.finish("starts", "ends"), num_tokens)
 
 
+#: tokens of documents packed at a time: the packing temporaries (about 40 bytes per token)
+#: stay the same whatever the shard and corpus size
+WINDOW_TOKENS = 1 << 20
+
+
 def _select_documents(corpus: ShardedCorpus, mask: np.ndarray, extra: int,
                       out: _IndexWriter) -> list[tuple[int, int, int]]:
     """Write the per-document arrays of the non-empty documents in ``mask``, one shard at a
     time (``extra``: the separator after each document). Returns the windows
-    ``(shard, first, stop)``: the selected documents of each shard."""
+    ``(shard, first, stop)``: runs of selected documents of one shard, about
+    ``WINDOW_TOKENS`` tokens each, packed one at a time."""
     windows, count, position = [], 0, 0
     for k in range(len(corpus.shards)):
         starts, ends = corpus.shard_doc_bounds(k)
@@ -229,7 +235,10 @@ def _select_documents(corpus: ShardedCorpus, mask: np.ndarray, extra: int,
         ends_in_stream = position + np.cumsum(lengths + extra)
         out.append(docs=chosen + corpus.doc_base[k], tstart=starts[chosen] + corpus.token_base[k],
                    lengths=lengths, vstart=np.concatenate([[position], ends_in_stream[:-1]]))
-        windows.append((k, count, count + len(chosen)))
+        # a new window at the first document starting past each WINDOW_TOKENS of the shard
+        window = (np.cumsum(lengths) - lengths) // WINDOW_TOKENS
+        edges = [0, *(np.flatnonzero(np.diff(window)) + 1).tolist(), len(chosen)]
+        windows.extend((k, count + a, count + b) for a, b in zip(edges[:-1], edges[1:]))
         count, position = count + len(chosen), int(ends_in_stream[-1])
     out.append(vstart=[position])
     return windows
@@ -258,8 +267,8 @@ def _window_arrays(blocks: Blocks, k: int, first: int, stop: int) -> tuple[np.nd
 
 def _sentence_blocks(blocks: Blocks, windows: list[tuple[int, int, int]], block_length: int,
                      within_documents: bool) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Whole-sentence blocks (stream positions), one shard of documents at a time. Across
-    documents (``sentences``) the last block of a shard is carried into the next one, so the
+    """Whole-sentence blocks (stream positions), one window of documents at a time. Across
+    documents (``sentences``) the last block of a window is carried into the next one, so the
     result is the same as packing the whole stream at once."""
     carry_words, carry_sents = np.zeros(0, bool), np.zeros(0, np.int64)
     base = 0  # stream position of the window's first token
