@@ -1,5 +1,5 @@
 """Command line of the benchmark harness: ``python -m benchmarks {train,collators,loader,
-scaling,all,report} --help``.
+scaling,all,data,budget,report} --help``.
 
 ``all`` runs every section at the issue's sizes, writes ``benchmarks/results/<host>.json``
 and regenerates ``docs/benchmarks.md``; the other commands print one section as JSON.
@@ -178,6 +178,11 @@ def main(argv: list[str] | None = None) -> int:
                       help="where corpora and caches are written, one size at a time")
     _output_opts(data, "replace the data section of this results file and regenerate "
                        "--docs from it")
+    budget = sub.add_parser("budget", help="the table (and plot) of every objective against "
+                            "random init at one budget, from compare/evaluate JSON files")
+    budget.add_argument("folder", help="folder of RECIPE.compare.json and RECIPE.<task>.<mode>"
+                        ".json files (see benchmarks/budget.py)")
+    budget.add_argument("--plot", default=None, help="also draw the plot into this PNG")
     rep = sub.add_parser("report", help="regenerate docs/benchmarks.md from results files")
     rep.add_argument("results", nargs="*", help="results files (default benchmarks/results/*)")
     rep.add_argument("--docs", default=str(report.DOCS), help="page to write")
@@ -186,6 +191,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "report":
         files = [Path(f) for f in args.results] or sorted(RESULTS.glob("*.json"))
         report.write(files, Path(args.docs))
+        return 0
+    if args.command == "budget":
+        from benchmarks import budget as budget_table
+
+        rows = budget_table.load(Path(args.folder))
+        print("\n".join(budget_table.table(rows)))
+        if args.plot:
+            budget_table.plot(rows, Path(args.plot))
         return 0
     if args.command == "train":
         args.compile = bool(args.compile)

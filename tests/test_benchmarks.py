@@ -83,3 +83,29 @@ def test_t5_port_is_faithful():
     assert batch["labels"][0, 0] == vocab - 1
     assert (batch["decoder_input_ids"][:, 0] == 0).all()
     assert (batch["decoder_input_ids"][:, 1:] == batch["labels"][:, :-1]).all()
+
+
+def test_budget_table_marks_a_gain_clear_only_when_the_seed_ranges_are_apart(tmp_path):
+    from benchmarks import budget
+
+    def point(step: int, accs: list[float]) -> dict:
+        return {"objective": "bert", "step": step, "tokens": step * 4096, "wall_minutes": 20,
+                "accuracy": sum(accs) / 3, "per_seed": [{"accuracy": a} for a in accs]}
+
+    def scores(pre: list[float], rand: list[float]) -> dict:
+        return {"score": {"runs": [{"accuracy": a} for a in pre]},
+                "baseline": {"runs": [{"accuracy": a} for a in rand]}}
+
+    (tmp_path / "bert_tiny.compare.json").write_text(json.dumps(
+        {"points": [point(100, [0.5, 0.6, 0.55]), point(0, [0.3, 0.31, 0.32])]}))
+    # overlapping ranges: a positive mean gain that is not clear
+    (tmp_path / "bert_tiny.wordnet.ft.json").write_text(json.dumps(
+        scores([0.50, 0.60, 0.70], [0.45, 0.55, 0.65])))
+    rows = budget.load(tmp_path)
+    assert [r["recipe"] for r in rows] == ["bert_tiny"] and rows[0]["step"] == 100
+    line = budget.table(rows)[2]
+    assert "0.550 ± 0.050 / 0.310 ± 0.010 / **+0.240**" in line  # probe: apart
+    assert "0.600 ± 0.100 / 0.550 ± 0.100 / +0.050 |" in line  # fine-tuned: overlapping
+    assert line.count("—") == 2  # fortunes not run
+    budget.plot(rows, tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").stat().st_size > 0
