@@ -248,9 +248,11 @@ def _window_arrays(blocks: Blocks, k: int, first: int, stop: int) -> tuple[np.nd
     """Per stream position of documents ``[first, stop)`` (all in shard ``k``): word starts,
     global sentence numbers, and the documents' stream offsets relative to the first."""
     corpus = blocks.corpus
-    lengths = np.asarray(blocks.lengths[first:stop], dtype=np.int64)
+    # through maps of their own: the per-document index is read once, window by window, and
+    # its pages must not pile up in the resident memory of the long-lived maps
+    lengths = np.asarray(transient(blocks.lengths)[first:stop], dtype=np.int64)
     shard = corpus.shards[k]
-    local = np.asarray(blocks.tstart[first:stop]) - corpus.token_base[k]
+    local = np.asarray(transient(blocks.tstart)[first:stop]) - corpus.token_base[k]
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     token_src = np.repeat(local - offsets[:-1], lengths) + np.arange(int(offsets[-1]))
     word_start = transient(shard.word_start)[token_src].astype(bool)
