@@ -107,6 +107,30 @@ def test_generator_size_defaults(tokenizer):
     assert flops_per_token(objective, 128) > disc_only * 1.05
 
 
+def test_tie_encoder_runs_both_heads_on_the_discriminators_encoder(tokenizer, make_examples):
+    # the paper's "tie all weights": one encoder (and one projection of the embeddings), a
+    # generator head and a discriminator head; both losses train the one encoder
+    objective = _objective(tokenizer, generator=None, tie_encoder=True)
+    model = objective.model
+    disc, gen = model.discriminator.electra, model.generator.electra
+    assert gen.encoder is disc.encoder and gen.embeddings_project is disc.embeddings_project
+    assert _shared(model)
+    assert gen.config.hidden_size == 64 and objective.hparams["generator"]["hidden_size"] == 64
+    own = {id(p) for p in model.discriminator.parameters()}
+    extra = [n for n, p in model.generator.named_parameters() if id(p) not in own]
+    assert extra and all(n.startswith(("generator_predictions.", "generator_lm_head.bias"))
+                         for n in extra)
+    batch = ElectraCollator(tokenizer, seed=5)(make_examples(126, "stream", n=8))
+    out = model(batch["input_ids"], batch["attention_mask"], batch["labels"],
+                batch["token_type_ids"])
+    weight = disc.encoder.layer[0].attention.self.query.weight
+    for loss in (out.disc_loss, out.mlm_loss):
+        (grad,) = torch.autograd.grad(loss, weight, retain_graph=True)
+        assert grad.abs().sum() > 0
+    with pytest.raises(PlmkitError, match="leave model.generator unset"):
+        _objective(tokenizer, tie_encoder=True)  # TINY's generator is narrower
+
+
 def test_generator_head_only_at_masked_positions(tokenizer, make_examples):
     objective = _objective(tokenizer)
     batch = ElectraCollator(tokenizer, seed=1)(make_examples(126, "stream", n=8))

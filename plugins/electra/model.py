@@ -97,24 +97,40 @@ class ElectraPretrainingModel(nn.Module):
         generator_config: ElectraConfig,
         temperature: float = 1.0,
         disallow_correct: bool = False,
+        tie_encoder: bool = False,
     ) -> None:
         super().__init__()
-        for key in ("vocab_size", "embedding_size", "max_position_embeddings",
-                    "type_vocab_size", "pad_token_id"):
+        shared = ["vocab_size", "embedding_size", "max_position_embeddings",
+                  "type_vocab_size", "pad_token_id"]
+        if tie_encoder:
+            shared += ["hidden_size", "num_hidden_layers", "num_attention_heads",
+                       "intermediate_size"]
+        for key in shared:
             if getattr(discriminator_config, key) != getattr(generator_config, key):
                 raise ValueError(f"generator and discriminator must agree on {key} to share "
-                                 "their embeddings")
+                                 f"their {'encoder' if tie_encoder else 'embeddings'}")
         self.discriminator = ElectraForPreTraining(discriminator_config)
         self.generator = ElectraForMaskedLM(generator_config)
         self.temperature = temperature
         self.disallow_correct = disallow_correct
         self.share_embeddings()
+        if tie_encoder:
+            self.share_encoder()
 
     def share_embeddings(self) -> None:
         """Make the generator use the discriminator's embedding module and tie its output."""
         shared = self.discriminator.electra.embeddings
         self.generator.electra.embeddings = shared
         self.generator.generator_lm_head.weight = shared.word_embeddings.weight
+
+    def share_encoder(self) -> None:
+        """Make the generator run the discriminator's transformer too (and its projection of
+        the embeddings, when they are narrower): one encoder, two heads (the paper's "tie all
+        weights", section 3.2)."""
+        disc, gen = self.discriminator.electra, self.generator.electra
+        gen.encoder = disc.encoder
+        if hasattr(disc, "embeddings_project"):
+            gen.embeddings_project = disc.embeddings_project
 
     @property
     def embeddings(self) -> nn.Module:
@@ -236,6 +252,7 @@ class ElectraObjective(EncoderObjective):
         generator_weight: float = 1.0,
         discriminator_weight: float = 50.0,
         discriminator_prior_init: bool = False,
+        tie_encoder: bool = False,
         **kwargs: Any,
     ) -> None:
         """
@@ -262,9 +279,19 @@ class ElectraObjective(EncoderObjective):
                 lose most of their variation across tokens and the discriminator stays at the
                 base rate, [CLS]/[SEP] included, for the whole run (ours; the tiny recipe uses
                 it).
+            tie_encoder: the generator is the discriminator's encoder with its own MLM head
+                (the paper's "tie all weights", section 3.2, which scored best there: GLUE
+                84.4 against 84.3 for tied embeddings only); the generator's shape is then the
+                discriminator's. The encoder learns context from the MLM loss, which at small
+                budgets the replaced-token loss alone does not teach (see docs/compare.md).
         """
         super().__init__(encoder=encoder, masking=masking, **kwargs)
-        self.generator = generator_config(self.encoder, generator)
+        if tie_encoder and generator is not None:
+            raise PlmkitError("model.tie_encoder true makes the generator the discriminator's "
+                              "encoder: leave model.generator unset")
+        self.tie_encoder = tie_encoder
+        self.generator = (self.encoder.resolved() if tie_encoder
+                          else generator_config(self.encoder, generator))
         self.hparams["generator"] = asdict(self.generator)  # resolved, as encoder
         self.temperature, self.disallow_correct = temperature, disallow_correct
         self.generator_weight = generator_weight
@@ -277,7 +304,7 @@ class ElectraObjective(EncoderObjective):
                            tie_word_embeddings=True) for tower in (self.encoder, self.generator)
         )
         model = ElectraPretrainingModel(discriminator, generator, self.temperature,
-                                        self.disallow_correct)
+                                        self.disallow_correct, self.tie_encoder)
         if self.discriminator_prior_init:
             p = self.masking.probability
             bias = model.discriminator.discriminator_predictions.dense_prediction.bias
