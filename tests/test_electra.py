@@ -129,6 +129,9 @@ def test_tie_encoder_runs_both_heads_on_the_discriminators_encoder(tokenizer, ma
         assert grad.abs().sum() > 0
     with pytest.raises(PlmkitError, match="leave model.generator unset"):
         _objective(tokenizer, tie_encoder=True)  # TINY's generator is narrower
+    # a checkpoint's hyperparameters (the generator's shape stored) build the same model
+    again = type(objective)(**{**objective.hparams, "encoder": objective.encoder})
+    assert again.generator == again.encoder and again.tie_encoder
 
 
 def test_generator_head_only_at_masked_positions(tokenizer, make_examples):

@@ -286,12 +286,14 @@ class ElectraObjective(EncoderObjective):
                 budgets the replaced-token loss alone does not teach (see docs/compare.md).
         """
         super().__init__(encoder=encoder, masking=masking, **kwargs)
-        if tie_encoder and generator is not None:
-            raise PlmkitError("model.tie_encoder true makes the generator the discriminator's "
-                              "encoder: leave model.generator unset")
         self.tie_encoder = tie_encoder
-        self.generator = (self.encoder.resolved() if tie_encoder
-                          else generator_config(self.encoder, generator))
+        self.generator = generator_config(self.encoder, generator)
+        if tie_encoder:
+            # a checkpoint stores the generator's shape, which is then the encoder's
+            if generator is not None and self.generator != self.encoder:
+                raise PlmkitError("model.tie_encoder true makes the generator the "
+                                  "discriminator's encoder: leave model.generator unset")
+            self.generator = self.encoder
         self.hparams["generator"] = asdict(self.generator)  # resolved, as encoder
         self.temperature, self.disallow_correct = temperature, disallow_correct
         self.generator_weight = generator_weight
