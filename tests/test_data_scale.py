@@ -225,25 +225,18 @@ def test_the_fast_encoding_paths_give_exactly_the_reference_arrays(documents, to
 
 
 def test_a_killed_runs_half_written_block_index_is_swept(tmp_path, tokenizer):
-    # a .tmp-* folder from before this process started is a leftover of a killed run; one
-    # made now may be another rank packing the same index and is kept. Saving a tokenizer
-    # sweeps its folder the same way.
-    import os
-
+    # what a killed writer of PATH left (.tmp-PATH-*) is swept by the next writer of PATH,
+    # which holds PATH's lock; a folder being written for another path is kept
     from plmkit.data import datamodule
 
-    old, new = tmp_path / ".tmp-killed", tmp_path / ".tmp-packing-now"
-    for folder in (old, new):
+    killed, other = tmp_path / ".tmp-tokenizer-killed", tmp_path / ".tmp-packed-now"
+    for folder in (killed, other):
         folder.mkdir()
         (folder / "starts.bin").write_bytes(b"\0" * 8)
-    os.utime(old, (datamodule._STARTED - 60, datamodule._STARTED - 60))
-    datamodule._sweep_stale(tmp_path)
-    assert not old.exists() and (new / "starts.bin").exists()
-    old.mkdir()
-    os.utime(old, (datamodule._STARTED - 60, datamodule._STARTED - 60))
     datamodule._save_atomically(tokenizer, tmp_path / "tokenizer")
-    assert not old.exists() and (tmp_path / "tokenizer" / "tokenizer.json").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".tmp-packing-now", "tokenizer"]
+    assert (tmp_path / "tokenizer" / "tokenizer.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == [".tmp-packed-now",
+                                                                         "tokenizer"]
 
 
 def test_documents_split_across_read_blocks_are_whole(tmp_path: Path, monkeypatch):
@@ -266,3 +259,31 @@ def test_documents_split_across_read_blocks_are_whole(tmp_path: Path, monkeypatc
     expected = [d for d in [*expected, "\n".join(block).strip()] if d]
     monkeypatch.setattr(corpus, "READ_BLOCK", 7)
     assert [d for d, _ in read_documents(str(tmp_path / "c.txt"))] == expected
+
+
+def test_two_runs_that_tokenize_the_same_corpus_at_once_both_train(corpus_file, tokenizer,
+                                                                    whole, tmp_path: Path):
+    # two experiments launched together on one cache (or two nodes on a shared disk): the
+    # second waits for the first instead of sweeping its half-written shards away
+    import subprocess
+    import sys
+
+    tokenizer.backend_tokenizer.save(str(tmp_path / "tokenizer.json"))
+    script = (
+        "import sys; from pathlib import Path; from tokenizers import Tokenizer\n"
+        "from plmkit.data.cache import cached_tokenize\n"
+        "from plmkit.data.corpus import read_documents\n"
+        f"tok = Tokenizer.from_file({str(tmp_path / 'tokenizer.json')!r})\n"
+        f"corpus, hit = cached_tokenize(lambda: read_documents({str(corpus_file)!r}), tok, "
+        f"Path({str(tmp_path / 'cache')!r}), 'key', num_proc=1, shard_bytes={SHARD_BYTES // 4})\n"
+        "print(corpus.num_tokens, hit)\n"
+    )
+    runs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    results = [run.communicate(timeout=300) for run in runs]
+    for run, (out, err) in zip(runs, results):
+        assert run.returncode == 0, err[-2000:]
+        assert int(out.split()[0]) == whole.num_tokens
+    assert [out.split()[1] for out, _ in results].count("False") == 1  # tokenized once
+    corpus = load_cache(tmp_path / "cache" / "tokenized" / "key")
+    assert np.array_equal(np.concatenate([s.ids for s in corpus.shards]), whole.ids)

@@ -161,8 +161,9 @@ def test_sigkill_during_a_save_at_a_random_step_then_resume_is_exact(
     reference = subprocess.Popen([*command, str(whole)], env=env, stdout=reference_log,
                                  stderr=subprocess.STDOUT)
     kill_at = random.SystemRandom().randint(3, 15)  # the save after step kill_at
-    proc = subprocess.Popen([*command, str(victim)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    victim_log = open(tmp_path / "victim.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen([*command, str(victim)], env=env, stdout=victim_log,
+                            stderr=subprocess.STDOUT)
     checkpoints = victim / "checkpoints"
     seen: set[str] = set()
     while proc.poll() is None:
@@ -175,7 +176,10 @@ def test_sigkill_during_a_save_at_a_random_step_then_resume_is_exact(
                 break
         time.sleep(0.0005)
     proc.wait()
-    assert proc.returncode == -signal.SIGKILL, f"the run ended before its kill at {kill_at}"
+    victim_log.close()
+    assert proc.returncode == -signal.SIGKILL, (
+        f"the run ended (status {proc.returncode}) before its kill at {kill_at}:\n"
+        + (tmp_path / "victim.log").read_text()[-3000:])
     assert seen, "no save was seen in progress"
 
     last = checkpoints / "last.ckpt"

@@ -88,7 +88,7 @@ def _group(pgid: int) -> dict[int, str]:
 def _names(tokenized: Path) -> list[str]:
     """What the (one) tokenized corpus folder under ``tokenized`` holds now."""
     try:
-        folder = next(tokenized.iterdir())
+        folder = next(p for p in tokenized.iterdir() if p.is_dir())  # beside it: its .lock
         return os.listdir(folder)
     except (OSError, StopIteration):  # not created yet
         return []

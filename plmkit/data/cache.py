@@ -22,12 +22,14 @@ the corpus size.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
 import multiprocessing
 import os
 import shutil
+import tempfile
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
@@ -36,6 +38,7 @@ from itertools import chain
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock, Timeout
 from tokenizers import Tokenizer
 from tqdm.auto import tqdm
 
@@ -317,12 +320,53 @@ def cached_tokenize(
     """
     path = cache_dir / "tokenized" / key
     cached = load_cache(path)
-    if cached is not None:
-        log.debug("tokenized corpus opened from the cache %s", path)
-        return cached, True
-    num_proc = num_proc or default_num_proc()
-    corpus = build_cache(documents, tokenizer, path, num_proc, shard_bytes, total_bytes)
-    return corpus, False
+    if cached is None:
+        with exclusive(path, "tokenizes this corpus"):
+            cached = load_cache(path)  # another run may have built it while this one waited
+            if cached is None:
+                num_proc = num_proc or default_num_proc()
+                return build_cache(documents, tokenizer, path, num_proc, shard_bytes,
+                                   total_bytes), False
+    log.debug("tokenized corpus opened from the cache %s", path)
+    return cached, True
+
+
+@contextlib.contextmanager
+def exclusive(path: Path, doing: str) -> Iterator[None]:
+    """Hold the lock file ``<path>.lock`` while this process writes ``path``.
+
+    Two runs on one cache (experiments launched together, nodes on a shared disk) would
+    otherwise tear each other's half-written files; the second waits, then reads what the
+    first wrote. ``doing`` completes the log line "waiting for another process that ...".
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(f"{path}.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.info("waiting for another process that %s (%s.lock)", doing, path)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+@contextlib.contextmanager
+def staged(path: Path) -> Iterator[Path]:
+    """A temporary folder beside ``path``, renamed to ``path`` when the block ends without an
+    error (readers never see it half written). Call it under :func:`exclusive`, which makes
+    it safe to sweep what killed writers of ``path`` left and to replace a damaged ``path``."""
+    for leftover in path.parent.glob(f".tmp-{path.name}-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".tmp-{path.name}-"))
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def default_num_proc() -> int:

@@ -19,9 +19,6 @@ import hashlib
 import itertools
 import logging
 import os
-import shutil
-import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,7 +28,7 @@ import numpy as np
 from transformers import PreTrainedTokenizerFast
 
 from plmkit.data import corpus as corpus_io
-from plmkit.data.cache import ShardedCorpus, cached_tokenize
+from plmkit.data.cache import ShardedCorpus, cached_tokenize, exclusive, staged
 from plmkit.data.loader import POSITION_KEY, Collate, ResumableLoader
 from plmkit.data.packing import BlockDataset, Blocks, pack
 from plmkit.data.streaming import CHUNK_DOCUMENTS, held_out, streaming_loaders
@@ -337,24 +334,20 @@ class PretrainDataModule(L.LightningDataModule):
         path = self.cache_dir / "tokenized" / str(self.corpus_key) / "packed" / name
         blocks = Blocks.load(path, corpus)
         if blocks is None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            _sweep_stale(path.parent)
-            tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=".tmp-"))
-            try:
-                pack(corpus, docs, block, mode, separator, path=tmp)
-                os.replace(tmp, path)
-            except OSError as exc:
-                if exc.errno == errno.ENOSPC:
-                    raise PlmkitError(f"the disk is full while writing the block index to "
-                                      f"{path}; free space or set --data.cache_dir to a larger "
-                                      "disk") from exc
-                if Blocks.load(path, corpus) is None:
-                    raise
-                # else another process stored the same index first
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
-            blocks = Blocks.load(path, corpus)
-            assert blocks is not None
+            with exclusive(path, "packs this block index"):
+                blocks = Blocks.load(path, corpus)  # another run may have packed it meanwhile
+                if blocks is None:
+                    try:
+                        with staged(path) as tmp:
+                            pack(corpus, docs, block, mode, separator, path=tmp)
+                    except OSError as exc:
+                        if exc.errno == errno.ENOSPC:
+                            raise PlmkitError(
+                                f"the disk is full while writing the block index to {path}; "
+                                "free space or set --data.cache_dir to a larger disk") from exc
+                        raise
+                    blocks = Blocks.load(path, corpus)
+                    assert blocks is not None
         return blocks
 
     def train_dataloader(self) -> ResumableLoader:
@@ -390,27 +383,9 @@ class PretrainDataModule(L.LightningDataModule):
 
 
 def _save_atomically(tokenizer: PreTrainedTokenizerFast, path: Path) -> None:
-    """``save_pretrained`` into a temporary folder renamed into place (no torn reads)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _sweep_stale(path.parent)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=".tmp-"))
-    tokenizer.save_pretrained(str(tmp))
-    try:
-        os.replace(tmp, path)
-    except OSError:  # another process saved it first; the two are the same tokenizer
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-#: when this process started (about): temporary folders older than this are leftovers
-_STARTED = time.time()
-
-
-def _sweep_stale(folder: Path) -> None:
-    """Remove what a killed run left half written in ``folder`` (``.tmp-*`` folders made
-    before this process started; those of other ranks packing now are newer and kept)."""
-    for child in folder.glob(".tmp-*"):
-        try:
-            if child.stat().st_mtime < _STARTED:
-                shutil.rmtree(child, ignore_errors=True)
-        except OSError:  # another process removed it first
-            pass
+    """``save_pretrained`` into a temporary folder renamed into place (no torn reads); a run
+    that trains the same tokenizer at the same time waits and keeps the first one saved."""
+    with exclusive(path, "saves this tokenizer"):
+        if not (path / "tokenizer.json").exists():
+            with staged(path) as tmp:
+                tokenizer.save_pretrained(str(tmp))
